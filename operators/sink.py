@@ -13,7 +13,9 @@ Runs against one table must not overlap (serializing them is a later issue).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -170,6 +172,8 @@ def _check_compatible(table, new_metadata: dict) -> None:
 def drop_dataset(uri: str) -> None:
     if "://" not in uri:
         shutil.rmtree(uri, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the staging folder itself, once no run uses it
+            os.rmdir(os.path.dirname(uri))
         return
     import pyarrow.fs as pafs
 
