@@ -76,6 +76,48 @@ class RoutingConfig(_Section):
     )
 
 
+# Source languages expected to have their own Helsinki-NLP/opus-mt-<src>-en model (fastText
+# codes); the rest use opus-mt-mul-en. Not verified against the hub from here (no access): a model
+# that does not load falls back to opus-mt-mul-en before the document falls back to untranslated.
+OPUS_MT_TO_EN = [
+    "af", "ar", "az", "bg", "bn", "ca", "cs", "cy", "da", "de", "el", "es", "et", "eu", "fi", "fr", "ga",
+    "gl", "he", "hi", "hu", "hy", "id", "is", "it", "ja", "ka", "ko", "lt", "lv", "mk", "ml", "mr", "ms",
+    "nl", "pl", "ro", "ru", "sk", "sq", "sv", "sw", "th", "tl", "tr", "uk", "ur", "vi", "xh", "yo", "zh",
+]
+
+
+class TranslationConfig(_Section):
+    enabled: bool = Field(False, description="Translate documents routed to `translate` before chunking.")
+    model_template: str = Field("Helsinki-NLP/opus-mt-{src}-en",
+                                description="Model for a language in `languages_with_model`; {src} = its code.")
+    languages_with_model: list[str] = Field(default_factory=lambda: list(OPUS_MT_TO_EN),
+                                            description="Languages that use `model_template`.")
+    fallback_model: str = Field("Helsinki-NLP/opus-mt-mul-en", description="Model for every other language.")
+    models: dict[str, str] = Field(default_factory=dict,
+                                   description="Per-language override: code -> hub id or local folder.")
+    language_codes: dict[str, str] = Field(
+        default_factory=dict, description="fastText code -> the code the model names use, where they differ.")
+    max_input_tokens: int = Field(256, ge=8, le=512, description="Tokens per model input (Marian takes 512).")
+    batch_tokens: int = Field(4096, ge=64, description="Padded input tokens per generate() call.")
+    num_beams: int = Field(4, ge=1)
+    max_new_tokens: int = Field(512, ge=8, description="Per input; inputs are short, so 2x input is plenty.")
+    max_models_per_actor: int = Field(3, ge=1, description="Loaded models kept per actor (LRU).")
+    on_failure: Literal["direct_fallback", "reject"] = Field(
+        "direct_fallback", description="A model that cannot load or generate: embed untranslated, or reject.")
+    fail_on_missing_model: bool = Field(False, description="Stop the run instead when a model cannot be loaded.")
+    trust_remote_code: bool = False
+    resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=1, num_gpus="auto",
+                                                                             batch_size=16),
+                                      description="Actor pool of the translation stage.")
+
+    def model_for(self, lang: str) -> str:
+        if lang in self.models:
+            return self.models[lang]
+        if lang in self.languages_with_model:
+            return self.model_template.format(src=self.language_codes.get(lang, lang))
+        return self.fallback_model
+
+
 class ChunkingConfig(_Section):
     max_tokens: int | None = Field(None, ge=16, description="None: 8192, capped by the model's limit.")
     overlap: int | None = Field(None, ge=0, description="None: 256, scaled down for small limits.")
@@ -137,6 +179,8 @@ class Config(_Section):
     input: InputConfig = Field(..., description="What is read.")
     langid: LangIdConfig = Field(default_factory=LangIdConfig, description="Language identification.")
     routing: RoutingConfig = Field(..., description="Direct embedding vs translation.")
+    translation: TranslationConfig = Field(default_factory=TranslationConfig,
+                                           description="MarianMT translation of routed documents.")
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig, description="Chunk sizes.")
     embedding: EmbeddingConfig = Field(..., description="Embedding model and its actors.")
     sink: SinkConfig = Field(default_factory=SinkConfig, description="Where vectors and rejects go.")
@@ -148,6 +192,8 @@ class Config(_Section):
             "embedding": self.embedding.model_dump(exclude={"resources", "device", "torch_threads",
                                                             "batch_tokens", "max_batch_rows"}),
             "chunking": self.chunking.model_dump(exclude={"resources"}),
+            "translation": self.translation.model_dump(exclude={"resources", "batch_tokens", "max_models_per_actor",
+                                                                "fail_on_missing_model", "on_failure"}),
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -14,12 +14,20 @@ import pyarrow as pa
 from babelray.config import ChunkingConfig, EmbeddingConfig
 from babelray.embedding_model import load_model_spec
 from operators.chunking import chunk_document
-from operators.schema import CHUNK_FIELDS, DOCUMENT_SCHEMA, LANGID_FIELDS, REJECT_EMPTY, ROUTE_FIELDS
+from operators.schema import (
+    CHUNK_FIELDS,
+    DOCUMENT_SCHEMA,
+    LANGID_FIELDS,
+    REJECT_EMPTY,
+    ROUTE_FIELDS,
+    TRANSLATION_FIELDS,
+)
+from operators.translate import original_span
 
 STAGE = "chunk"
 DEFAULT_MAX_TOKENS = 8192
 DEFAULT_OVERLAP = 256
-CHUNKED_SCHEMA = pa.schema(list(DOCUMENT_SCHEMA) + LANGID_FIELDS + ROUTE_FIELDS + CHUNK_FIELDS)
+CHUNKED_SCHEMA = pa.schema(list(DOCUMENT_SCHEMA) + LANGID_FIELDS + ROUTE_FIELDS + TRANSLATION_FIELDS + CHUNK_FIELDS)
 
 
 def chunk_budget(cfg: ChunkingConfig, model_max_tokens: int, prompt_overhead: int) -> tuple[int, int]:
@@ -54,6 +62,10 @@ class ChunkDocuments:
         return pa.Table.from_pylist(rows, schema=CHUNKED_SCHEMA)
 
     def chunk_rows(self, doc: dict) -> list[dict]:
+        # Without a translate stage in the plan these columns do not exist yet.
+        doc.setdefault("translated", False)
+        original = doc.pop("text_original", None)
+        spans = doc.pop("translation_spans", None)
         if doc["reject_reason"] is not None:
             return [doc]
         text = doc["text"]
@@ -76,6 +88,13 @@ class ChunkDocuments:
                 "end_char": chunk.end_char,
                 "doc_section": chunk.section,
                 "token_count": chunk.token_count,
+                "text_original": _original_text(original, spans, chunk.start_char, chunk.end_char),
             }
             for index, chunk in enumerate(chunks)
         ]
+
+
+def _original_text(original: str | None, spans: str | None, start: int, end: int) -> str | None:
+    """For a translated document: the original sentences this chunk's translation came from."""
+    span = original_span(spans, start, end) if original is not None else None
+    return original[span[0]:span[1]] if span else None

@@ -17,10 +17,12 @@ REJECT_TOO_LARGE = "too_large"
 REJECT_READ_ERROR = "read_error"
 REJECT_BAD_RECORD = "bad_record"
 REJECT_MODEL_ERROR = "model_error"
+REJECT_TRANSLATION_ERROR = "translation_error"
 
 ROUTE_DIRECT = "direct"
 ROUTE_TRANSLATE = "translate"
 ROUTE_CODE = "code"
+ROUTE_DIRECT_FALLBACK = "direct_fallback"  # routed to translation, embedded untranslated after a failure
 
 DOCUMENT_SCHEMA = pa.schema(
     [
@@ -41,6 +43,14 @@ DOCUMENT_SCHEMA = pa.schema(
 
 LANGID_FIELDS = [("lang", pa.string()), ("lang_score", pa.float32())]
 ROUTE_FIELDS = [("route", pa.string())]
+TRANSLATION_FIELDS = [
+    ("translated", pa.bool_()),
+    ("translation_model", pa.string()),
+    ("translation_error", pa.string()),  # why a routed document was not translated
+    ("text_original", pa.string()),  # the original text this row's text translates (chunk-aligned)
+]
+# Only between the translate and chunk stages: JSON [[orig_start, orig_end, new_start, new_end], ...].
+TRANSLATION_SPANS = ("translation_spans", pa.string())
 CHUNK_FIELDS = [
     ("chunk_id", pa.string()),
     ("chunk_index", pa.int32()),
@@ -65,7 +75,8 @@ def embedding_fields(dimensions: int) -> list[tuple[str, pa.DataType]]:
 
 def chunk_schema(dimensions: int) -> pa.Schema:
     """Schema of the rows that reach the sink (staging and final table)."""
-    fields = list(DOCUMENT_SCHEMA) + LANGID_FIELDS + ROUTE_FIELDS + CHUNK_FIELDS + embedding_fields(dimensions)
+    fields = (list(DOCUMENT_SCHEMA) + LANGID_FIELDS + ROUTE_FIELDS + TRANSLATION_FIELDS + CHUNK_FIELDS
+              + embedding_fields(dimensions))
     return pa.schema(fields)
 
 

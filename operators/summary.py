@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 def summarize_staging(staging_path: str, storage_options: dict[str, str] | None = None) -> dict:
     staging = lance.dataset(staging_path, storage_options=storage_options or None)
     table = staging.to_table(columns=["doc_id", "reject_reason", "reject_stage", "lang", "route", "kind",
-                                      "code_language", "token_count"])
+                                      "code_language", "token_count", "translated", "translation_error"])
     rejected = table.filter(pc.is_valid(table.column("reject_reason")))
     rejected_docs = set(rejected.column("doc_id").to_pylist())
     accepted = table.filter(pc.and_(pc.is_null(table.column("reject_reason")),
@@ -26,7 +26,8 @@ def summarize_staging(staging_path: str, storage_options: dict[str, str] | None 
 
     # Per-document facts from the first chunk of each embedded document.
     first_chunk: dict[str, dict] = {}
-    for row in accepted.select(["doc_id", "lang", "route", "code_language"]).to_pylist():
+    for row in accepted.select(["doc_id", "lang", "route", "code_language", "translated",
+                                "translation_error"]).to_pylist():
         first_chunk.setdefault(row["doc_id"], row)
     langs = Counter(row["lang"] if row["lang"] != "code" else f"code:{row['code_language']}"
                     for row in first_chunk.values())
@@ -42,8 +43,12 @@ def summarize_staging(staging_path: str, storage_options: dict[str, str] | None 
         "tokens": tokens,
         "documents_by_language": dict(sorted(langs.items())),
         "documents_by_route": dict(sorted(routes.items())),
-        # Routed to translation but embedded as-is until the MarianMT stage lands.
-        "documents_untranslated": routes.get("translate", 0),
+        "documents_translated": sum(1 for row in first_chunk.values() if row["translated"]),
+        # Routed to translation, embedded as they are: translation off, or failed (route direct_fallback).
+        "documents_untranslated": sum(1 for row in first_chunk.values()
+                                      if row["route"] in ("translate", "direct_fallback") and not row["translated"]),
+        "translation_failures": dict(Counter(row["translation_error"] for row in first_chunk.values()
+                                             if row["translation_error"])),
     }
 
 
@@ -63,9 +68,12 @@ def format_summary(summary: dict) -> str:
     ]
     for reason, count in sorted(summary["rejected_by_reason"].items()):
         lines.append(f"    rejected {reason}: {count}")
+    for reason, count in sorted(summary["translation_failures"].items()):
+        lines.append(f"    not translated ({count}): {reason}")
     lines += [
         f"  chunks: {summary['chunks']}   tokens: {summary['tokens']}",
-        f"  by route: {summary['documents_by_route']}  (untranslated: {summary['documents_untranslated']})",
+        f"  by route: {summary['documents_by_route']}  translated: {summary['documents_translated']}"
+        f"  untranslated: {summary['documents_untranslated']}",
         f"  by language: {summary['documents_by_language']}",
         f"  wall time: {summary['wall_seconds']:.1f} s   {summary['documents_per_second']:.2f} docs/s"
         f"   {summary['tokens_per_second']:.0f} tokens/s",

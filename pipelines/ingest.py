@@ -26,6 +26,7 @@ from operators.route import RouteDocuments
 from operators.schema import chunk_schema
 from operators.sink import commit_run, staging_uri, table_uri, write_staging
 from operators.summary import summarize_staging, write_summary
+from operators.translate import TranslateDocuments, assert_models_available
 
 
 # Reading and routing are light; a whole CPU per task would starve the model actors on small nodes.
@@ -56,6 +57,9 @@ def stages(cfg: Config, has_gpus: bool | None) -> list[Stage]:
                                               **actor_options(cfg.langid.resources, has_gpus)}),
         Stage("route", route_documents, {"fn_kwargs": {"routing_cfg": cfg.routing}, "batch_format": "pyarrow",
                                              "num_cpus": LIGHT_TASK_CPUS}),
+        *([Stage("translate", TranslateDocuments, {"fn_constructor_args": (cfg.translation,),
+                                                   **actor_options(cfg.translation.resources, has_gpus)})]
+          if cfg.translation.enabled else []),
         Stage("chunk", ChunkDocuments, {"fn_constructor_args": (cfg.chunking, cfg.embedding),
                                         **actor_options(cfg.chunking.resources, has_gpus)}),
         Stage("embed", EmbedChunks, {"fn_constructor_args": (cfg.embedding,),
@@ -81,6 +85,8 @@ def run_ingest(cfg: Config, *, dry_run: bool = False) -> dict | str:
     started = time.perf_counter()
     sources = [row for path in cfg.input.paths for row in list_sources(path, cfg.input)]
     spec = load_model_spec(cfg.embedding)
+    if cfg.translation.enabled and cfg.translation.fail_on_missing_model:
+        assert_models_available(cfg.translation)  # before any work starts
     dimensions = spec.dimensions(cfg.embedding)
     if dry_run:
         return describe_plan(cfg, sources, stages(cfg, has_gpus=None))

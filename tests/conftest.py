@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
+import os
+import re
 from pathlib import Path
 
 import pytest
+
+# Nothing here may reach a model hub: a missing model must fail at once, not after retries.
+# Set before the session's Ray cluster starts, so its workers inherit it.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parent.parent
 QWEN3_QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
@@ -86,6 +91,35 @@ def bad_input_dir(tmp_path) -> Path:
     return folder
 
 
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
+@pytest.fixture(scope="session")
+def tiny_marian_dir(tmp_path_factory) -> Path:
+    """A random-weight MarianMTModel with a real SentencePiece tokenizer trained here on the
+    sample corpus (the layout of a Helsinki-NLP/opus-mt-* folder)."""
+    import sentencepiece as spm
+    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-opus-mt")
+    sentences = [line.strip() for path in sorted((REPO / "samples" / "corpus" / "docs").rglob("*.*"))
+                 for line in re.split(r"(?<=[.!?])\s+|\n", path.read_text(encoding="utf-8")) if line.strip()]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_prefix=str(folder / "spm"),
+                                   vocab_size=1200, character_coverage=1.0, model_type="unigram",
+                                   minloglevel=2)
+    processor = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+    vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
+    vocab["<pad>"] = len(vocab)
+    for name in ("source.spm", "target.spm"):
+        (folder / name).write_bytes((folder / "spm.model").read_bytes())
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = MarianTokenizer(source_spm=str(folder / "source.spm"), target_spm=str(folder / "target.spm"),
+                                vocab=str(folder / "vocab.json"), model_max_length=512)
+    tokenizer.save_pretrained(folder)
+    config = MarianConfig(vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1,
+                          encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                          decoder_ffn_dim=64, max_position_embeddings=512, pad_token_id=vocab["<pad>"],
+                          eos_token_id=vocab["</s>"], decoder_start_token_id=vocab["<pad>"],
+                          forced_eos_token_id=vocab["</s>"])
+    import torch
+
+    torch.manual_seed(0)
+    MarianMTModel(config).eval().save_pretrained(folder)
+    return folder
