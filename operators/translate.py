@@ -196,7 +196,8 @@ class MarianModel:
             self.model = AutoModelForSeq2SeqLM.from_pretrained(
                 name, dtype=dtype, trust_remote_code=cfg.trust_remote_code).to(device).eval()
         except Exception as err:  # noqa: BLE001 - any load failure means "not available here"
-            raise TranslationUnavailable(f"cannot load {name}: {type(err).__name__}: {err}") from err
+            message = " ".join(str(err).split())  # one line in logs and in the run summary
+            raise TranslationUnavailable(f"cannot load {name}: {type(err).__name__}: {message}") from err
         model_limit = getattr(self.model.config, "max_position_embeddings", 512) or 512
         self.max_input_tokens = min(cfg.max_input_tokens, model_limit)
 

