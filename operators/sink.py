@@ -65,13 +65,8 @@ class CommitResult:
     documents_rejected: int
 
 
-def _rejected_doc_ids(staging: lance.LanceDataset) -> pa.Array:
-    rejected = staging.to_table(columns=["doc_id"], filter="reject_reason IS NOT NULL")
-    return pc.unique(rejected.column("doc_id"))
-
-
 def _reject_rows(staging: lance.LanceDataset, run_id: str, now: datetime) -> pa.Table:
-    """One row per rejected document: the first reason in pipeline order."""
+    """One row per rejected document (a document with several rejected chunks keeps one reason)."""
     rows = staging.to_table(
         columns=["doc_id", "source", *REJECT_COLUMNS, "content_hash", "size_bytes"],
         filter="reject_reason IS NOT NULL",
@@ -111,7 +106,9 @@ def commit_run(staging_path: str, cfg: SinkConfig, run_id: str, table_metadata: 
     if table is not None:
         _check_compatible(table, table_metadata)
 
-    rejected_docs = _rejected_doc_ids(staging)
+    # Computed first: a document with any rejected chunk is kept out of the table below.
+    rejects = _reject_rows(staging, run_id, datetime.now(timezone.utc))
+    rejected_docs = rejects.column("doc_id").combine_chunks()
     columns = [name for name in staging.schema.names if name not in REJECT_COLUMNS]
     schema = pa.schema([staging.schema.field(name) for name in columns])
     embedded_docs: set[str] = set()
@@ -126,7 +123,6 @@ def commit_run(staging_path: str, cfg: SinkConfig, run_id: str, table_metadata: 
             table.delete(predicate)
 
     # The rejects table says what is wrong *now*: one row per document, gone once it embeds.
-    rejects = _reject_rows(staging, run_id, datetime.now(timezone.utc))
     rejects_table = _open_table(db, cfg.rejects_table)
     if rejects_table is None and rejects.num_rows:
         rejects_table = db.create_table(cfg.rejects_table, data=rejects)

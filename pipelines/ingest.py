@@ -1,4 +1,4 @@
-"""Ingest job: files -> language ID -> routing -> chunks -> embeddings -> LanceDB.
+"""Ingest job: files -> language ID -> routing -> [translation] -> chunks -> embeddings -> LanceDB.
 
 Composes the operators into one streaming Ray Data plan; the stages and their
 resources are listed in `stages()` so `--dry-run` prints exactly what runs.
