@@ -194,14 +194,18 @@ class EmbeddingModel:
         self.query_prompt = self.spec.query_prompt
         self.revision = self.spec.revision
 
-    def embed(self, texts: list[str], prompt: str | None = None) -> EmbeddingBatch:
+    def embed(self, texts: list[str], prompt: str | None = None, truncate: bool = False) -> EmbeddingBatch:
         """Embed texts with the document prompt (or the given one), in token-budget batches
-        sorted by length so padding stays small."""
+        sorted by length so padding stays small. A text over the model's limit is an error
+        unless `truncate` (chunks are sized to fit; an overflow means a bug, not a cut)."""
         prompt = self.document_prompt if prompt is None else prompt
-        encoded = self.tokenizer([prompt + text for text in texts], truncation=True,
-                                 max_length=self.max_seq_length, add_special_tokens=True)
+        encoded = self.tokenizer([prompt + text for text in texts], truncation=truncate,
+                                 max_length=self.max_seq_length if truncate else None, add_special_tokens=True)
         ids = encoded["input_ids"]
         lengths = np.array([len(seq) for seq in ids], dtype=np.int64)
+        if len(lengths) and lengths.max() > self.max_seq_length:
+            raise ValueError(f"{int((lengths > self.max_seq_length).sum())} text(s) over the model's "
+                             f"{self.max_seq_length} tokens (longest {int(lengths.max())})")
         vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         raw_norms = np.zeros(len(texts), dtype=np.float32)
         for batch_rows in token_budget_batches(lengths, self.cfg.batch_tokens, self.cfg.max_batch_rows):

