@@ -41,6 +41,30 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    cfg = apply_overrides(load_config(args.config), None, args.table)
+    from pipelines.search import Searcher
+
+    hits = Searcher(cfg).search(args.query, mode=args.mode, k=args.k, lang=args.lang)
+    if args.json:
+        print(json.dumps([hit.as_dict() for hit in hits], indent=2, ensure_ascii=False))
+        return 0
+    for rank, hit in enumerate(hits, start=1):
+        lines = f"{hit.start_line}-{hit.end_line}" if hit.start_line else ""
+        snippet = " ".join(hit.text.split())[:160]
+        print(f"{rank:>2}. {hit.score:.4f}  {hit.doc_id}  {hit.doc_section or ''}  {lines}\n    {snippet}")
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    cfg = apply_overrides(load_config(args.config), None, args.table)
+    from pipelines.search import build_indexes
+
+    for line in build_indexes(cfg):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="babelray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -53,6 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan, start no work")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.set_defaults(handler=_run)
+
+    search = commands.add_parser("search", help="query the table (vector, full-text or hybrid)")
+    search.add_argument("query")
+    search.add_argument("--config", required=True)
+    search.add_argument("--table", help="override the table: a name, or <db uri>/<name>")
+    search.add_argument("--mode", choices=["vector", "fts", "hybrid"], default="vector")
+    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--lang", help="only chunks in this language (ISO 639-1, or 'code')")
+    search.add_argument("--json", action="store_true", help="print the results as JSON")
+    search.set_defaults(handler=_search)
+
+    index = commands.add_parser("index", help="build full-text indexes, and the ANN index once it pays off")
+    index.add_argument("--config", required=True)
+    index.add_argument("--table", help="override the table: a name, or <db uri>/<name>")
+    index.set_defaults(handler=_index)
     return parser
 
 

@@ -134,11 +134,7 @@ def test_rerun_does_not_duplicate(ingested):
 
 def test_bad_input_folder_via_cli(ray_cluster, bad_input_dir, tmp_path, capsys):
     cfg = _config(tmp_path, [bad_input_dir])
-    config_path = tmp_path / "cfg.yaml"
-    import yaml
-
-    config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    assert main(["run", "--config", str(config_path), "--json"]) == 0
+    assert main(["run", "--config", _write_config(cfg), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["documents_in"] == 4
     assert summary["documents_embedded"] == 1 and summary["documents_rejected"] == 3
@@ -167,3 +163,46 @@ def test_fixed_document_leaves_rejects_and_broken_one_leaves_table(ray_cluster, 
     rejects = db.open_table("rejects").to_arrow().to_pylist()
     assert [(r["doc_id"], r["reason"]) for r in rejects] == [("corpus/a.txt", "undecodable")]
     assert second["table_rows"] == 1
+
+
+def test_search_modes_and_cli(ingested, capsys):
+    from pipelines.search import Searcher, build_indexes
+
+    cfg, _, _ = ingested
+    done = build_indexes(cfg)
+    assert "full-text index on text" in done and any("no ANN index" in line for line in done)
+    searcher = Searcher(cfg)
+    [top] = searcher.search("Wie backe ich ein Sauerteigbrot?", mode="vector", k=1)
+    assert top.doc_id == "docs/en/sourdough-bread.md" and 0 < top.score <= 1
+    # An identifier that only one file contains: full text finds it, hybrid keeps it.
+    [fts_top, *_] = searcher.search("token_budget_batches", mode="fts", k=5)
+    assert fts_top.doc_id == "operators/translate.py"
+    hybrid = searcher.search("token_budget_batches", mode="hybrid", k=5)
+    assert "operators/translate.py" in [hit.doc_id for hit in hybrid]
+    assert all(hit.lang == "de" for hit in searcher.search("Fahrrad", mode="vector", k=5, lang="de"))
+
+    assert main(["search", "Warum wandern Monarchfalter nach Mexiko?", "--config", _write_config(cfg),
+                 "--json", "--k", "3"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results[0]["doc_id"] == "docs/en/monarch-butterflies.md"
+    assert {"doc_id", "chunk_id", "score", "doc_section", "start_line", "end_line", "text"} <= set(results[0])
+
+
+def test_search_refuses_another_model_size(ingested):
+    from pipelines.search import Searcher
+
+    cfg, _, _ = ingested
+    other = cfg.model_copy(deep=True)
+    other.embedding.dimensions = 128
+    with pytest.raises(ValueError, match="dimensions='384'"):
+        Searcher(other)
+
+
+def _write_config(cfg) -> str:
+    import tempfile
+
+    import yaml
+
+    path = Path(tempfile.mkdtemp()) / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return str(path)
