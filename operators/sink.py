@@ -98,10 +98,14 @@ def _sql_in(column: str, values: list[str]) -> list[str]:
     return [f"{column} IN ({', '.join(quoted[i:i + 500])})" for i in range(0, len(quoted), 500)]
 
 
+def connect(cfg: SinkConfig):
+    """The LanceDB database of the sink; object-store credentials come from the environment."""
+    return lancedb.connect(cfg.uri, storage_options=cfg.storage_options or None)
+
+
 def commit_run(staging_path: str, cfg: SinkConfig, run_id: str, table_metadata: dict) -> CommitResult:
-    storage_options = cfg.storage_options or None
-    staging = lance.dataset(staging_path, storage_options=storage_options)
-    db = lancedb.connect(cfg.uri, storage_options=storage_options)
+    staging = lance.dataset(staging_path, storage_options=cfg.storage_options or None)
+    db = connect(cfg)
     table = _open_table(db, cfg.table)
     if table is not None:
         _check_compatible(table, table_metadata)

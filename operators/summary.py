@@ -9,11 +9,13 @@ from pathlib import Path
 import lance
 import pyarrow.compute as pc
 
+from operators.schema import ROUTE_DIRECT_FALLBACK, ROUTE_TRANSLATE
+
 
 def summarize_staging(staging_path: str, storage_options: dict[str, str] | None = None) -> dict:
     staging = lance.dataset(staging_path, storage_options=storage_options or None)
-    table = staging.to_table(columns=["doc_id", "reject_reason", "reject_stage", "lang", "route", "kind",
-                                      "code_language", "token_count", "translated", "translation_error"])
+    table = staging.to_table(columns=["doc_id", "reject_reason", "lang", "route", "code_language", "token_count",
+                                      "translated", "translation_error"])
     rejected = table.filter(pc.is_valid(table.column("reject_reason")))
     rejected_docs = set(rejected.column("doc_id").to_pylist())
     accepted = table.filter(pc.and_(pc.is_null(table.column("reject_reason")),
@@ -46,7 +48,7 @@ def summarize_staging(staging_path: str, storage_options: dict[str, str] | None 
         "documents_translated": sum(1 for row in first_chunk.values() if row["translated"]),
         # Routed to translation, embedded as they are: translation off, or failed (route direct_fallback).
         "documents_untranslated": sum(1 for row in first_chunk.values()
-                                      if row["route"] in ("translate", "direct_fallback") and not row["translated"]),
+                                      if row["route"] in (ROUTE_TRANSLATE, ROUTE_DIRECT_FALLBACK) and not row["translated"]),
         "translation_failures": dict(Counter(row["translation_error"] for row in first_chunk.values()
                                              if row["translation_error"])),
     }

@@ -12,14 +12,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-import lancedb
-
 from babelray.config import Config
 from babelray.embedding_model import EmbeddingModel, load_model_spec
 from operators.langid import DetectLanguage
 from operators.route import RouteDocuments
 from operators.schema import ROUTE_TRANSLATE
-from operators.sink import read_table_metadata
+from operators.sink import connect, read_table_metadata
 
 Mode = Literal["vector", "fts", "hybrid"]
 RRF_K = 60  # the constant of reciprocal rank fusion (Cormack et al., 2009)
@@ -53,8 +51,7 @@ class PreparedQuery:
 
 class Searcher:
     def __init__(self, cfg: Config):
-        db = lancedb.connect(cfg.sink.uri, storage_options=cfg.sink.storage_options or None)
-        self.table = db.open_table(cfg.sink.table)
+        self.table = connect(cfg.sink).open_table(cfg.sink.table)
         self.metadata = read_table_metadata(self.table)
         spec = load_model_spec(cfg.embedding)
         wanted = {"model": cfg.embedding.model, "dimensions": str(spec.dimensions(cfg.embedding))}
@@ -136,8 +133,7 @@ def _hit(row: dict, score: float) -> Hit:
 def build_indexes(cfg: Config, ann_min_rows: int = ANN_MIN_ROWS) -> list[str]:
     """Full-text indexes on the chunk text and the original of translated chunks; an ANN index
     (IVF_PQ) once the table is big enough for it to beat exact search. Returns what was done."""
-    db = lancedb.connect(cfg.sink.uri, storage_options=cfg.sink.storage_options or None)
-    table = db.open_table(cfg.sink.table)
+    table = connect(cfg.sink).open_table(cfg.sink.table)
     done = []
     for column in FTS_COLUMNS:
         # Multilingual text: no English stemming or stop words.
