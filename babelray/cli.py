@@ -65,6 +65,22 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    from pipelines.evaluate import SUITES, EvalOptions, run_eval
+
+    options = EvalOptions(
+        suites=tuple(args.suites.split(",")) if args.suites else SUITES,
+        mrl_dims=[int(d) for d in args.dims.split(",")] if args.dims else EvalOptions().mrl_dims,
+        tatoeba_pairs=args.tatoeba_pairs or None, lid_lines=args.lid_lines or None,
+        keep_work=args.keep_work, config_path=args.config,
+    )
+    results = run_eval(cfg, args.data, args.out, options)
+    print(open(results["files"]["markdown"], encoding="utf-8").read())
+    print("\n".join(f"wrote {path}" for path in results["files"].values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="babelray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -92,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--config", required=True)
     index.add_argument("--table", help="override the table: a name, or <db uri>/<name>")
     index.set_defaults(handler=_index)
+
+    evaluate = commands.add_parser("eval", help="retrieval quality on public data: Markdown report + PNG")
+    evaluate.add_argument("--config", required=True, help="model, prompts, chunking and routing to measure")
+    evaluate.add_argument("--data", required=True, help="evaluation data folder (xquad/, tatoeba/, lid/, docs_fastapi/)")
+    evaluate.add_argument("--out", default="eval-report", help="folder for report.md, eval.png, results.json")
+    evaluate.add_argument("--suites", help="comma-separated subset of xquad,tatoeba,language_id,fastapi")
+    evaluate.add_argument("--dims", help="MRL sizes to compare with the table's, e.g. 256,128,64")
+    evaluate.add_argument("--tatoeba-pairs", type=int, default=100,
+                          help="pairs per language (candidates per search); 0 = all (up to 1000, as published)")
+    evaluate.add_argument("--lid-lines", type=int, default=0, help="lines per language; 0 = all")
+    evaluate.add_argument("--keep-work", action="store_true", help="keep the scratch tables (path in results.json)")
+    evaluate.set_defaults(handler=_eval)
     return parser
 
 

@@ -168,6 +168,14 @@ class SinkConfig(_Section):
         return self
 
 
+class IndexConfig(_Section):
+    after_ingest: bool = Field(True, description="`babelray run` builds the indexes below when it has committed.")
+    full_text: bool = Field(True, description="Full-text (BM25) indexes on `text` and `text_original`, for fts/hybrid search.")
+    ann_type: Literal["IVF_PQ", "IVF_HNSW_SQ"] = Field(
+        "IVF_PQ", description="ANN index; IVF_PQ suits filtered search (`--lang`), IVF_HNSW_SQ recalls more.")
+    ann_min_rows: int = Field(100_000, ge=0, description="Below this many rows no ANN index: exact search is fast and exact.")
+
+
 class RunConfig(_Section):
     summary_dir: str = Field("./runs", description="Each run writes <summary_dir>/<run_id>/summary.json.")
     staging_dir: str | None = Field(None, description="None = <sink.uri>/_staging (same store as the table).")
@@ -184,6 +192,7 @@ class Config(_Section):
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig, description="Chunk sizes.")
     embedding: EmbeddingConfig = Field(..., description="Embedding model and its actors.")
     sink: SinkConfig = Field(default_factory=SinkConfig, description="Where vectors and rejects go.")
+    index: IndexConfig = Field(default_factory=IndexConfig, description="Search indexes on the table.")
     run: RunConfig = Field(default_factory=RunConfig, description="Run bookkeeping.")
 
     def fingerprint(self) -> str:

@@ -209,11 +209,8 @@ class EmbeddingModel:
         vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         raw_norms = np.zeros(len(texts), dtype=np.float32)
         for batch_rows in token_budget_batches(lengths, self.cfg.batch_tokens, self.cfg.max_batch_rows):
-            pooled = self._forward([ids[i] for i in batch_rows])
-            truncated = pooled[:, : self.dimensions]
-            norms = np.linalg.norm(truncated, axis=1)
-            vectors[batch_rows] = truncated / np.maximum(norms, 1e-12)[:, None]
-            raw_norms[batch_rows] = norms
+            vectors[batch_rows], raw_norms[batch_rows] = mrl_truncate(self._forward([ids[i] for i in batch_rows]),
+                                                                      self.dimensions)
         return EmbeddingBatch(vectors=vectors, raw_norms=raw_norms, token_counts=lengths)
 
     @torch.inference_mode()
@@ -223,6 +220,14 @@ class EmbeddingModel:
         for module in self._modules:
             features = module(features)
         return features["sentence_embedding"].float().cpu().numpy()
+
+
+def mrl_truncate(vectors: np.ndarray, dimensions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Matryoshka truncation: the first `dimensions` coordinates, renormalised to unit length.
+    Returns the unit vectors and the norms before renormalising (a drift signal)."""
+    truncated = vectors[:, :dimensions]
+    norms = np.linalg.norm(truncated, axis=1)
+    return truncated / np.maximum(norms, 1e-12)[:, None], norms
 
 
 def token_budget_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int) -> list[np.ndarray]:

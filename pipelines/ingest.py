@@ -27,6 +27,7 @@ from operators.schema import chunk_schema
 from operators.sink import commit_run, staging_uri, table_uri, write_staging
 from operators.summary import summarize_staging, write_summary
 from operators.translate import TranslateDocuments, assert_models_available
+from pipelines.search import build_indexes
 
 
 # Reading and routing are light; a whole CPU per task would starve the model actors on small nodes.
@@ -106,6 +107,7 @@ def run_ingest(cfg: Config, *, dry_run: bool = False) -> dict | str:
     metadata = {**spec.table_metadata(cfg.embedding), "fingerprint": cfg.fingerprint(),
                 "pipeline_version": __version__}
     commit = commit_run(staging, cfg.sink, run_id, metadata)
+    indexes = build_indexes(cfg) if cfg.index.after_ingest and commit.table_rows else []
 
     wall = time.perf_counter() - started
     summary.update({
@@ -113,6 +115,7 @@ def run_ingest(cfg: Config, *, dry_run: bool = False) -> dict | str:
         "table": table_uri(cfg.sink, cfg.sink.table),
         "table_version": commit.table_version,
         "table_rows": commit.table_rows,
+        "indexes": indexes,
         "sources_listed": len(sources),
         "model": cfg.embedding.model,
         "dimensions": dimensions,

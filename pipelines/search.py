@@ -8,9 +8,14 @@ table (a mismatch is refused).
 
 from __future__ import annotations
 
-import math
+import logging
+import re
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Literal
+
+import numpy as np
+from lancedb.index import IvfHnswSq, IvfPq
 
 from babelray.config import Config
 from babelray.embedding_model import EmbeddingModel, load_model_spec
@@ -19,10 +24,12 @@ from operators.route import RouteDocuments
 from operators.schema import ROUTE_TRANSLATE
 from operators.sink import connect, read_table_metadata
 
+logger = logging.getLogger(__name__)
+
 Mode = Literal["vector", "fts", "hybrid"]
 RRF_K = 60  # the constant of reciprocal rank fusion (Cormack et al., 2009)
 FTS_COLUMNS = ("text", "text_original")
-ANN_MIN_ROWS = 100_000  # below this, exact search is fast enough and exact
+LANG_CODE = re.compile(r"[a-z]{2,3}(-[a-z]+)?|code|und")  # what language ID writes into `lang`
 RESULT_COLUMNS = ["doc_id", "chunk_id", "doc_section", "start_line", "end_line", "lang", "route", "text"]
 
 
@@ -49,20 +56,26 @@ class PreparedQuery:
     translated: bool
 
 
+# "route": as the config routes documents; "always"/"never": the translate-first vs direct ablation.
+TranslatePolicy = Literal["route", "always", "never"]
+VECTOR_QUERIES_PER_CALL = 256  # LanceDB answers a list of query vectors in one call
+
+
 class Searcher:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, model: EmbeddingModel | None = None):
         self.table = connect(cfg.sink).open_table(cfg.sink.table)
         self.metadata = read_table_metadata(self.table)
-        spec = load_model_spec(cfg.embedding)
+        spec = model.spec if model is not None else load_model_spec(cfg.embedding)
         wanted = {"model": cfg.embedding.model, "dimensions": str(spec.dimensions(cfg.embedding))}
         for key, value in wanted.items():
             if self.metadata.get(key) != value:
                 raise ValueError(f"table {cfg.sink.table!r} was embedded with {key}={self.metadata.get(key)!r}, "
                                  f"the config asks for {value!r}: search with the table's own model and size")
-        self.model = EmbeddingModel(cfg.embedding, spec)
+        self.model = model or EmbeddingModel(cfg.embedding, spec)
         self.query_prompt = self.metadata.get("query_prompt", spec.query_prompt)
         self.detector = DetectLanguage(cfg.langid)
         self.router = RouteDocuments(cfg.routing)
+        self.translation = cfg.translation
         self.translator = None
         if cfg.translation.enabled:
             from operators.translate import Translator
@@ -70,36 +83,87 @@ class Searcher:
             self.translator = Translator(cfg.translation)
         self._fts_columns: list[str] | None = None
 
-    def prepare(self, query: str) -> PreparedQuery:
-        lang, score = self.detector.detect(query)
-        if self.translator is not None and self.router.route("prose", lang, score) == ROUTE_TRANSLATE:
-            return PreparedQuery(self.translator.translate(query, lang).text, lang, True)
-        return PreparedQuery(query, lang, False)
+    # ------------------------------------------------------------ query side
+
+    def prepare(self, queries: list[str], translate: TranslatePolicy = "route") -> list[PreparedQuery]:
+        """Language ID of each query, and its English translation where the policy says so."""
+        detected = [self.detector.detect(query) for query in queries]
+        prepared = [PreparedQuery(query, lang, False) for query, (lang, _) in zip(queries, detected)]
+        if self.translator is None or translate == "never":
+            return prepared
+        by_lang: dict[str, list[int]] = defaultdict(list)
+        for i, (lang, score) in enumerate(detected):
+            wanted = (lang != "en" if translate == "always"
+                      else self.router.route("prose", lang, score) == ROUTE_TRANSLATE)
+            if wanted:
+                by_lang[lang].append(i)
+        from operators.translate import TranslationUnavailable
+
+        for lang, indices in by_lang.items():
+            try:
+                translations = self.translator.translate_many([queries[i] for i in indices], lang)
+            except TranslationUnavailable as err:
+                if self.translation.on_failure == "reject":
+                    raise
+                logger.warning("queries in %s searched untranslated: %s", lang, err)  # as ingest's direct_fallback
+                continue
+            for i, translation in zip(indices, translations):
+                prepared[i] = PreparedQuery(translation.text, prepared[i].lang, True)
+        return prepared
+
+    def embed_queries(self, texts: list[str], prompt: str | None = None) -> np.ndarray:
+        """Query vectors with the table's query prompt (or the given one: "" = no instruction)."""
+        prompt = self.query_prompt if prompt is None else prompt
+        return self.model.embed(texts, prompt=prompt, truncate=True).vectors
+
+    # ------------------------------------------------------------ table side
 
     def search(self, query: str, mode: Mode = "vector", k: int = 10, lang: str | None = None) -> list[Hit]:
-        prepared = self.prepare(query)
+        return self.search_many([query], mode, k, lang)[0]
+
+    def search_many(self, queries: list[str], mode: Mode = "vector", k: int = 10, lang: str | None = None,
+                    translate: TranslatePolicy = "route") -> list[list[Hit]]:
+        texts = [p.text for p in self.prepare(queries, translate)]
+        if lang and not LANG_CODE.fullmatch(lang):
+            raise ValueError(f"--lang {lang!r}: expected a language code such as 'de', 'zh' or 'code'")
         where = f"lang = '{lang}'" if lang else None
-        if mode == "vector":
-            return self._vector(prepared.text, k, where)
         if mode == "fts":
-            return self._full_text(prepared.text, k, where)
+            return [self._full_text(text, k, where) for text in texts]
+        if mode == "vector":
+            return self.vector_search(self.embed_queries(texts), k, where)
         # Hybrid: fuse ranks, not scores (cosines and BM25 are on different scales).
         depth = max(50, 4 * k)
+        by_vector = self.vector_search(self.embed_queries(texts), depth, where)
+        return [self._fuse([ranked, self._full_text(text, depth, where)], k) for text, ranked in zip(texts, by_vector)]
+
+    def vector_search(self, vectors: np.ndarray, k: int, where: str | None = None,
+                      exact: bool = False) -> list[list[Hit]]:
+        """Nearest chunks of each query vector; `exact` bypasses an ANN index."""
+        results: list[list[Hit]] = [[] for _ in range(len(vectors))]
+        for first in range(0, len(vectors), VECTOR_QUERIES_PER_CALL):
+            part = vectors[first:first + VECTOR_QUERIES_PER_CALL]
+            query = self.table.search(list(part) if len(part) > 1 else part[0]).distance_type("cosine").limit(k)
+            query = query.select([*RESULT_COLUMNS, "_distance"])  # named: unnamed is deprecated in Lance
+            if exact:
+                query = query.bypass_vector_index()
+            if where:
+                query = query.where(where, prefilter=True)
+            for row in query.to_list():
+                results[first + row.get("query_index", 0)].append(_hit(row, 1.0 - row["_distance"]))
+        for ranked in results:
+            ranked.sort(key=lambda hit: hit.score, reverse=True)
+        return results
+
+    @staticmethod
+    def _fuse(rankings: list[list[Hit]], k: int) -> list[Hit]:
         fused: dict[str, float] = {}
         hits: dict[str, Hit] = {}
-        for ranked in (self._vector(prepared.text, depth, where), self._full_text(prepared.text, depth, where)):
+        for ranked in rankings:
             for rank, hit in enumerate(ranked, start=1):
                 fused[hit.chunk_id] = fused.get(hit.chunk_id, 0.0) + 1.0 / (RRF_K + rank)
                 hits.setdefault(hit.chunk_id, hit)
         best = sorted(fused, key=fused.get, reverse=True)[:k]
         return [Hit(**{**hits[chunk].as_dict(), "score": fused[chunk]}) for chunk in best]
-
-    def _vector(self, text: str, k: int, where: str | None) -> list[Hit]:
-        vector = self.model.embed([text], prompt=self.query_prompt, truncate=True).vectors[0]
-        query = self.table.search(vector).distance_type("cosine").limit(k).select(RESULT_COLUMNS)
-        if where:
-            query = query.where(where, prefilter=True)
-        return [_hit(row, 1.0 - row["_distance"]) for row in query.to_list()]
 
     def _full_text(self, text: str, k: int, where: str | None) -> list[Hit]:
         columns = self.fts_columns()
@@ -130,24 +194,29 @@ def _hit(row: dict, score: float) -> Hit:
                end_line=row.get("end_line"), lang=row.get("lang"), route=row.get("route"), text=row["text"])
 
 
-def build_indexes(cfg: Config, ann_min_rows: int = ANN_MIN_ROWS) -> list[str]:
+def build_ann_index(table, ann_type: str) -> str:
+    """An ANN index sized by LanceDB's own defaults (partitions and sub-vectors from the
+    row count and dimension). Returns what it indexed: IVF_PQ trains nothing below 256 rows."""
+    config = (IvfPq if ann_type == "IVF_PQ" else IvfHnswSq)(distance_type="cosine")
+    table.create_index("vector", config=config, replace=True)
+    stats = table.index_stats(next(index.name for index in table.list_indices() if index.columns == ["vector"]))
+    return f"{ann_type} index over {stats.num_indexed_rows} of {stats.num_indexed_rows + stats.num_unindexed_rows} rows"
+
+
+def build_indexes(cfg: Config) -> list[str]:
     """Full-text indexes on the chunk text and the original of translated chunks; an ANN index
-    (IVF_PQ) once the table is big enough for it to beat exact search. Returns what was done."""
+    once the table is big enough for it to beat exact search. Returns what was done."""
     table = connect(cfg.sink).open_table(cfg.sink.table)
     done = []
-    for column in FTS_COLUMNS:
-        # Multilingual text: no English stemming or stop words.
-        table.create_fts_index(column, replace=True, stem=False, remove_stop_words=False, ascii_folding=True)
-        done.append(f"full-text index on {column}")
+    if cfg.index.full_text:
+        for column in FTS_COLUMNS:
+            # Multilingual text: no English stemming or stop words.
+            table.create_fts_index(column, replace=True, stem=False, remove_stop_words=False, ascii_folding=True)
+            done.append(f"full-text index on {column}")
     rows = table.count_rows()
-    if rows < ann_min_rows:
-        done.append(f"no ANN index: {rows} rows < {ann_min_rows}, exact search is fast and exact at this size")
+    if rows < cfg.index.ann_min_rows:
+        done.append(f"no ANN index: {rows} rows < index.ann_min_rows={cfg.index.ann_min_rows}, "
+                    "exact search is fast and exact at this size")
         return done
-    dims = table.schema.field("vector").type.list_size
-    # LanceDB's guidance: about sqrt(rows) partitions; sub-vectors of 8-16 dimensions each.
-    partitions = max(1, int(math.sqrt(rows)))
-    sub_vectors = next(n for n in (dims // 16, dims // 8, 1) if n >= 1 and dims % n == 0)
-    table.create_index(metric="cosine", index_type="IVF_PQ", num_partitions=partitions,
-                       num_sub_vectors=sub_vectors, replace=True)
-    done.append(f"IVF_PQ index: {partitions} partitions, {sub_vectors} sub-vectors over {rows} rows")
+    done.append(build_ann_index(table, cfg.index.ann_type))
     return done

@@ -166,11 +166,12 @@ def test_fixed_document_leaves_rejects_and_broken_one_leaves_table(ray_cluster, 
 
 
 def test_search_modes_and_cli(ingested, capsys):
-    from pipelines.search import Searcher, build_indexes
+    from pipelines.search import Searcher
 
-    cfg, _, _ = ingested
-    done = build_indexes(cfg)
-    assert "full-text index on text" in done and any("no ANN index" in line for line in done)
+    cfg, summary, _ = ingested
+    # index.after_ingest (on in local.yaml): the run built the full-text indexes, and no ANN index at this size.
+    assert "full-text index on text" in summary["indexes"]
+    assert any("no ANN index" in line for line in summary["indexes"])
     searcher = Searcher(cfg)
     [top] = searcher.search("Wie backe ich ein Sauerteigbrot?", mode="vector", k=1)
     assert top.doc_id == "docs/en/sourdough-bread.md" and 0 < top.score <= 1
@@ -180,6 +181,13 @@ def test_search_modes_and_cli(ingested, capsys):
     hybrid = searcher.search("token_budget_batches", mode="hybrid", k=5)
     assert "operators/translate.py" in [hit.doc_id for hit in hybrid]
     assert all(hit.lang == "de" for hit in searcher.search("Fahrrad", mode="vector", k=5, lang="de"))
+    with pytest.raises(ValueError, match="expected a language code"):
+        searcher.search("Fahrrad", lang="de' OR lang != 'x")
+    # Batched queries (one LanceDB call for many vectors) rank exactly as one query at a time.
+    questions = ["Wie backe ich ein Sauerteigbrot?", "How do solar panels work?", "Fahrrad Kette ölen"]
+    batched = searcher.search_many(questions, mode="vector", k=4)
+    assert [[h.chunk_id for h in hits] for hits in batched] == \
+        [[h.chunk_id for h in searcher.search(q, mode="vector", k=4)] for q in questions]
 
     assert main(["search", "Warum wandern Monarchfalter nach Mexiko?", "--config", _write_config(cfg),
                  "--json", "--k", "3"]) == 0
