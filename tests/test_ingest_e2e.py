@@ -214,3 +214,18 @@ def _write_config(cfg) -> str:
     path = Path(tempfile.mkdtemp()) / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     return str(path)
+
+
+def test_document_search_deepens_until_it_has_enough_documents(ingested):
+    from babelray.evaluation.metrics import unique_in_order
+    from babelray.evaluation.suites import document_search
+    from pipelines.search import Searcher
+
+    cfg, _, table = ingested
+    searcher = Searcher(cfg)
+    vectors = searcher.embed_queries(["How are chunks embedded in batches?", "Wie backe ich ein Sauerteigbrot?"])
+    # Two chunks per query at first: at most two documents, so both queries must be searched deeper.
+    rankings, hits = document_search(searcher, vectors, limit=5, depth=2)
+    everything = searcher.vector_search(vectors, table.count_rows())
+    assert rankings == [unique_in_order((hit.doc_id for hit in ranked), 5) for ranked in everything]
+    assert all(len(ranking) == 5 for ranking in rankings) and all(len(ranked) > 2 for ranked in hits)

@@ -53,13 +53,7 @@ def exact_document_rankings(queries: np.ndarray, chunks: np.ndarray, chunk_docs:
                             limit: int = 10) -> list[list[str]]:
     """Exact cosine search in memory (unit vectors): documents ranked by their best chunk."""
     scores = queries @ chunks.T
-    depth = min(chunks.shape[0], limit * 8)  # enough chunks to find `limit` distinct documents
-    top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-    rankings = []
-    for row, candidates in zip(scores, top):
-        ordered = candidates[np.argsort(-row[candidates], kind="stable")]
-        rankings.append(unique_in_order((chunk_docs[i] for i in ordered), limit))
-    return rankings
+    return [unique_in_order((chunk_docs[i] for i in np.argsort(-row, kind="stable")), limit) for row in scores]
 
 
 def _mean(values: Iterable[float]) -> float:

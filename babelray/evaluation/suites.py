@@ -23,7 +23,7 @@ from babelray.evaluation.metrics import average, exact_document_rankings, rankin
 
 logger = logging.getLogger(__name__)
 
-CHUNK_DEPTH = 50  # chunks fetched per query; documents are ranked by their best chunk
+FIRST_DEPTH = 50  # chunks fetched per query at first; deepened where they hold fewer than 10 documents
 ANN_TYPES = ("IVF_PQ", "IVF_HNSW_SQ")
 # lid.176 labels Norwegian Bokmål "no"; the lingua test files call it "nb".
 LID_ALIASES = {"nb": {"no"}}
@@ -66,8 +66,21 @@ def _ingest(cfg: Config) -> dict:
                                           "chunks", "tokens", "wall_seconds", "tokens_per_second")}
 
 
-def _doc_rankings(hits, limit: int = 10) -> list[list[str]]:
-    return [unique_in_order((hit.doc_id for hit in ranked), limit) for ranked in hits]
+def document_search(searcher, vectors: np.ndarray, exact: bool = True, limit: int = 10,
+                    depth: int = FIRST_DEPTH) -> tuple[list[list[str]], list]:
+    """Documents ranked by their best chunk, and the chunk hits behind them. A query whose
+    chunks fill the depth but name fewer than `limit` documents (long pages: dozens of chunks)
+    is searched again deeper, so no document is missed for want of depth."""
+    hits = searcher.vector_search(vectors, depth, exact=exact)
+    pending = list(range(len(vectors)))
+    while True:
+        rankings = [unique_in_order((hit.doc_id for hit in ranked), limit) for ranked in hits]
+        pending = [i for i in pending if len(rankings[i]) < limit and len(hits[i]) == depth]
+        if not pending:
+            return rankings, hits
+        depth *= 4
+        for i, ranked in zip(pending, searcher.vector_search(vectors[pending], depth, exact=exact)):
+            hits[i] = ranked
 
 
 def _table_vectors(searcher) -> tuple[np.ndarray, list[str]]:
@@ -91,8 +104,8 @@ def xquad(ctx: EvalContext, dims: list[int], ann_types: tuple[str, ...] = ANN_TY
     chunk_vectors, chunk_docs = _table_vectors(searcher)
     stored_dims = chunk_vectors.shape[1]
     mrl_dims = [stored_dims] + sorted({d for d in dims if d < stored_dims}, reverse=True)
-    notes = [f"MRL sizes above the table's {stored_dims} dimensions skipped: {sorted(d for d in dims if d > stored_dims)}"
-             ] if any(d > stored_dims for d in dims) else []
+    too_big = sorted(d for d in dims if d > stored_dims)
+    notes = [f"MRL sizes above the table's {stored_dims} dimensions skipped: {too_big}"] if too_big else []
 
     rows, no_instruction, mrl, translation, exact_hits, all_vectors, all_golds = [], [], {}, [], [], [], []
     for lang in eval_data.xquad_langs(ctx.data):
@@ -101,8 +114,8 @@ def xquad(ctx: EvalContext, dims: list[int], ann_types: tuple[str, ...] = ANN_TY
         prepared = searcher.prepare([q.text for q in queries])
         texts = [p.text for p in prepared]
         vectors = searcher.embed_queries(texts)
-        hits = searcher.vector_search(vectors, CHUNK_DEPTH, exact=True)
-        rows.append({"lang": lang, "queries": len(queries), **ranking_metrics(_doc_rankings(hits), golds),
+        rankings, hits = document_search(searcher, vectors)
+        rows.append({"lang": lang, "queries": len(queries), **ranking_metrics(rankings, golds),
                      "query_langid": 100.0 * sum(p.lang == lang for p in prepared) / len(prepared),
                      "translated": sum(p.translated for p in prepared)})
         logger.info("xquad %s: R@5 %.1f over %d queries", lang, rows[-1]["R@5"], len(queries))
@@ -110,8 +123,8 @@ def xquad(ctx: EvalContext, dims: list[int], ann_types: tuple[str, ...] = ANN_TY
         all_vectors.append(vectors)
         all_golds += golds
 
-        bare = searcher.vector_search(searcher.embed_queries(texts, prompt=""), CHUNK_DEPTH, exact=True)
-        no_instruction.append({"lang": lang, **ranking_metrics(_doc_rankings(bare), golds)})
+        bare, _ = document_search(searcher, searcher.embed_queries(texts, prompt=""))
+        no_instruction.append({"lang": lang, **ranking_metrics(bare, golds)})
 
         # MRL: the embed stage's own truncation applied to the stored vectors and the query vectors.
         for d in mrl_dims:
@@ -133,7 +146,8 @@ def xquad(ctx: EvalContext, dims: list[int], ann_types: tuple[str, ...] = ANN_TY
     if searcher.translator is None:
         result["notes"].append("translate-first vs direct: no translator configured (translation.enabled is false)")
     vectors = np.concatenate(all_vectors)
-    result["ann"] = [_ann_vs_exact(searcher, ann_type, vectors, exact_hits, all_golds) for ann_type in ann_types]
+    result["ann"] = [_ann_vs_exact(searcher, ann_type, vectors, exact_hits, all_golds)
+                     for ann_type in ann_types]
     result["wall_seconds"] = time.perf_counter() - started
     return result
 
@@ -148,9 +162,8 @@ def _mrl_table(per_dims: dict[int, list[dict]], full_dimensions: int) -> list[di
     for d, per_lang in per_dims.items():
         avg = average(per_lang)
         baseline = baseline or avg
-        table.append({"dims": d, **avg, "storage_saved": 100.0 * (1 - d / full_dimensions),
-                      "R@5_change": 100.0 * (avg["R@5"] - baseline["R@5"]) / max(baseline["R@5"], 1e-9),
-                      "nDCG@10_change": 100.0 * (avg["nDCG@10"] - baseline["nDCG@10"]) / max(baseline["nDCG@10"], 1e-9)})
+        change = {f"{m}_change": 100.0 * (avg[m] - baseline[m]) / max(baseline[m], 1e-9) for m in ("R@5", "nDCG@10")}
+        table.append({"dims": d, **avg, "storage_saved": 100.0 * (1 - d / full_dimensions), **change})
     return table
 
 
@@ -159,8 +172,9 @@ def _translate_vs_direct(searcher, lang: str, queries) -> dict:
     row = {"lang": lang}
     for policy, label in (("never", "direct"), ("always", "translated")):
         prepared = searcher.prepare([q.text for q in queries], translate=policy)
-        hits = searcher.vector_search(searcher.embed_queries([p.text for p in prepared]), CHUNK_DEPTH, exact=True)
-        row[f"{label}_R@5"] = ranking_metrics(_doc_rankings(hits), golds)["R@5"]
+        vectors = searcher.embed_queries([p.text for p in prepared])
+        rankings, _ = document_search(searcher, vectors)
+        row[f"{label}_R@5"] = ranking_metrics(rankings, golds)["R@5"]
         if policy == "always":
             row["queries_translated"] = sum(p.translated for p in prepared)
     row["change"] = row["translated_R@5"] - row["direct_R@5"]
@@ -169,16 +183,19 @@ def _translate_vs_direct(searcher, lang: str, queries) -> dict:
 
 def _ann_vs_exact(searcher, ann_type: str, vectors: np.ndarray, exact_hits: list[list[str]],
                   golds: list[str]) -> dict:
+    """The queries of the exact run again, now through the ANN index."""
     from pipelines.search import build_ann_index
 
     built = build_ann_index(searcher.table, ann_type)
     started = time.perf_counter()
-    hits = searcher.vector_search(vectors, CHUNK_DEPTH)
+    rankings, hits = document_search(searcher, vectors, exact=False)
     seconds = time.perf_counter() - started
     overlap = [len({hit.chunk_id for hit in ranked[:10]} & set(exact)) / max(len(exact), 1)
                for ranked, exact in zip(hits, exact_hits)]
-    return {"table": searcher.table.name, "index": ann_type, "built": built, "recall@10_vs_exact": 100.0 * float(np.mean(overlap)),
-            **{f"ann_{k}": v for k, v in ranking_metrics(_doc_rankings(hits), golds).items() if k in ("R@5", "nDCG@10")},
+    quality = ranking_metrics(rankings, golds)
+    return {"table": searcher.table.name, "index": ann_type, "built": built,
+            "recall@10_vs_exact": 100.0 * float(np.mean(overlap)),
+            "ann_R@5": quality["R@5"], "ann_nDCG@10": quality["nDCG@10"],
             "ms_per_query": 1000.0 * seconds / len(vectors)}
 
 
@@ -204,8 +221,8 @@ def tatoeba(ctx: EvalContext, max_pairs: int | None) -> dict:
                      "en->xx": 100.0 * float(np.mean(similarity.argmax(axis=0) == truth))})
         logger.info("tatoeba %s: xx->en %.1f over %d pairs", lang, rows[-1]["xx->en"], len(truth))
     groups = {}
-    for name, members in (("direct", [r for r in rows if not r["routed"]]), ("routed", [r for r in rows if r["routed"]]),
-                          ("all", rows)):
+    split = {"direct": [r for r in rows if not r["routed"]], "routed": [r for r in rows if r["routed"]], "all": rows}
+    for name, members in split.items():
         if members:
             groups[name] = {"languages": len(members), **average({k: r[k] for k in ("xx->en", "en->xx")}
                                                                  for r in members)}
@@ -260,9 +277,9 @@ def fastapi_docs(ctx: EvalContext, ann_types: tuple[str, ...] = ANN_TYPES) -> di
             continue
         prepared = searcher.prepare([q.text for q in queries])
         vectors = searcher.embed_queries([p.text for p in prepared])
-        hits = searcher.vector_search(vectors, CHUNK_DEPTH * 2, exact=True)
+        rankings, hits = document_search(searcher, vectors)
         golds = [q.gold for q in queries]
-        rows.append({"lang": lang, "queries": len(queries), **ranking_metrics(_doc_rankings(hits), golds)})
+        rows.append({"lang": lang, "queries": len(queries), **ranking_metrics(rankings, golds)})
         logger.info("fastapi %s: R@5 %.1f over %d pages", lang, rows[-1]["R@5"], len(queries))
         exact_hits += [[hit.chunk_id for hit in ranked[:10]] for ranked in hits]
         all_vectors.append(vectors)
