@@ -123,8 +123,12 @@ def render_chart(results: dict, path: Path) -> Path | None:
               if results.get("xquad" if name == "mrl" else name)]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], panels):
+    columns = min(3, len(panels))
+    rows_of_panels = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(5.5 * columns, 4.4 * rows_of_panels), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, panels):
         if name == "xquad":
             rows, bare = results["xquad"]["rows"], results["xquad"]["instruction"]["rows"]
             x = range(len(rows))
