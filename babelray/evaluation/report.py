@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-METRICS = ("R@1", "R@5", "R@10", "MRR@10", "nDCG@10")
+from babelray.evaluation.metrics import METRIC_NAMES as METRICS
 
 
 def _table(headers: list[str], rows: list[list]) -> list[str]:

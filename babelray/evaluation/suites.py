@@ -19,7 +19,8 @@ import numpy as np
 from babelray.config import Config
 from babelray.embedding_model import EmbeddingModel, mrl_truncate
 from babelray.evaluation import data as eval_data
-from babelray.evaluation.metrics import average, exact_document_rankings, ranking_metrics, unique_in_order
+from babelray.evaluation.metrics import (METRIC_NAMES, average, exact_document_rankings, ranking_metrics,
+                                         unique_in_order)
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def xquad(ctx: EvalContext, dims: list[int], ann_types: tuple[str, ...] = ANN_TY
 
 
 def _metric_part(row: dict) -> dict:
-    return {name: row[name] for name in ("R@1", "R@5", "R@10", "MRR@10", "nDCG@10")}
+    return {name: row[name] for name in METRIC_NAMES}
 
 
 def _mrl_table(per_dims: dict[int, list[dict]], full_dimensions: int) -> list[dict]:
