@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
     from operators.summary import format_summary
     from pipelines.ingest import run_ingest
 
-    result = run_ingest(cfg, dry_run=args.dry_run)
+    result = run_ingest(cfg, dry_run=args.dry_run, prune=args.prune)
     if args.dry_run:
         print(result)
         return 0
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", help="override input.paths with one folder, .jsonl or .parquet")
     run.add_argument("--table", help="override the table: a name, or <db uri>/<name>")
     run.add_argument("--dry-run", action="store_true", help="print the plan, start no work")
+    run.add_argument("--prune", action="store_true",
+                     help="the input is the complete source: delete documents the table has but the input lacks")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.set_defaults(handler=_run)
 

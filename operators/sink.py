@@ -63,6 +63,7 @@ class CommitResult:
     table_version: int
     table_rows: int
     documents_rejected: int
+    documents_deleted: int = 0
 
 
 def _reject_rows(staging: lance.LanceDataset, run_id: str, now: datetime) -> pa.Table:
@@ -103,7 +104,11 @@ def connect(cfg: SinkConfig):
     return lancedb.connect(cfg.uri, storage_options=cfg.storage_options or None)
 
 
-def commit_run(staging_path: str, cfg: SinkConfig, run_id: str, table_metadata: dict) -> CommitResult:
+def commit_run(staging_path: str, cfg: SinkConfig, run_id: str, table_metadata: dict,
+               prune: bool = False) -> CommitResult:
+    """Staged rows -> the table, in one merge: chunks upserted on chunk_id; every other chunk of a
+    document this run saw (fewer chunks now, or rejected now) deleted; with `prune`, documents
+    this run did not see at all deleted too (the run must cover the complete source)."""
     staging = lance.dataset(staging_path, storage_options=cfg.storage_options or None)
     db = connect(cfg)
     table = _open_table(db, cfg.table)
@@ -113,6 +118,10 @@ def commit_run(staging_path: str, cfg: SinkConfig, run_id: str, table_metadata: 
     # Computed first: a document with any rejected chunk is kept out of the table below.
     rejects = _reject_rows(staging, run_id, datetime.now(timezone.utc))
     rejected_docs = rejects.column("doc_id").combine_chunks()
+    seen_docs = set(staging.to_table(columns=["doc_id"]).column("doc_id").to_pylist())
+    rejects_table = _open_table(db, cfg.rejects_table)
+    known_docs = _table_docs(table) | _table_docs(rejects_table) if prune else set()
+    deleted_docs = sorted(known_docs - seen_docs)
     columns = [name for name in staging.schema.names if name not in REJECT_COLUMNS]
     schema = pa.schema([staging.schema.field(name) for name in columns])
     embedded_docs: set[str] = set()
@@ -121,20 +130,19 @@ def commit_run(staging_path: str, cfg: SinkConfig, run_id: str, table_metadata: 
     if table is None:
         table = db.create_table(cfg.table, data=accepted, schema=schema)
     else:
-        table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(accepted)
-        # A document rejected now must not keep chunks from an earlier run.
-        for predicate in _sql_in("doc_id", rejected_docs.to_pylist()):
-            table.delete(predicate)
+        # One commit: readers never see a document with half its old and half its new chunks.
+        replaced = " OR ".join(_sql_in("doc_id", sorted(seen_docs | set(deleted_docs)))) or "false"
+        table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all() \
+            .when_not_matched_by_source_delete(replaced).execute(accepted)
 
     # The rejects table says what is wrong *now*: one row per document, gone once it embeds.
-    rejects_table = _open_table(db, cfg.rejects_table)
     if rejects_table is None and rejects.num_rows:
         rejects_table = db.create_table(cfg.rejects_table, data=rejects)
     elif rejects_table is not None:
         if rejects.num_rows:
             rejects_table.merge_insert("doc_id").when_matched_update_all().when_not_matched_insert_all() \
                 .execute(rejects)
-        for predicate in _sql_in("doc_id", sorted(embedded_docs)):
+        for predicate in _sql_in("doc_id", sorted(embedded_docs | set(deleted_docs))):
             rejects_table.delete(predicate)
 
     table.to_lance().update_schema_metadata(
@@ -142,7 +150,14 @@ def commit_run(staging_path: str, cfg: SinkConfig, run_id: str, table_metadata: 
     table.checkout_latest()
     rows = table.count_rows()
     drop_dataset(staging_path)
-    return CommitResult(table_version=table.version, table_rows=rows, documents_rejected=rejects.num_rows)
+    return CommitResult(table_version=table.version, table_rows=rows, documents_rejected=rejects.num_rows,
+                        documents_deleted=len(deleted_docs))
+
+
+def _table_docs(table) -> set[str]:
+    if table is None:
+        return set()
+    return set(table.to_lance().to_table(columns=["doc_id"]).column("doc_id").unique().to_pylist())
 
 
 def _open_table(db, name: str):

@@ -80,5 +80,7 @@ def format_summary(summary: dict) -> str:
         f"  wall time: {summary['wall_seconds']:.1f} s   {summary['documents_per_second']:.2f} docs/s"
         f"   {summary['tokens_per_second']:.0f} tokens/s",
     ]
+    if summary.get("documents_deleted"):
+        lines.insert(2, f"  deleted (pruned, no longer in the input): {summary['documents_deleted']}")
     lines += [f"  index: {line}" for line in summary.get("indexes", [])]
     return "\n".join(lines)

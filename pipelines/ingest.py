@@ -81,8 +81,10 @@ def describe_plan(cfg: Config, sources: list[dict], plan: list[Stage]) -> str:
     return "\n".join(lines)
 
 
-def run_ingest(cfg: Config, *, dry_run: bool = False) -> dict | str:
-    """Run the job; returns the summary (or, with dry_run, the plan without starting work)."""
+def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False) -> dict | str:
+    """Run the job; returns the summary (or, with dry_run, the plan without starting work).
+    `prune`: the input is the complete source, so documents the table holds but the run did not
+    see are deleted in the same commit."""
     started = time.perf_counter()
     sources = [row for path in cfg.input.paths for row in list_sources(path, cfg.input)]
     spec = load_model_spec(cfg.embedding)
@@ -106,7 +108,7 @@ def run_ingest(cfg: Config, *, dry_run: bool = False) -> dict | str:
     summary = summarize_staging(staging, cfg.sink.storage_options)
     metadata = {**spec.table_metadata(cfg.embedding), "fingerprint": cfg.fingerprint(),
                 "pipeline_version": __version__}
-    commit = commit_run(staging, cfg.sink, run_id, metadata)
+    commit = commit_run(staging, cfg.sink, run_id, metadata, prune=prune)
     indexes = build_indexes(cfg) if cfg.index.after_ingest and commit.table_rows else []
 
     wall = time.perf_counter() - started
@@ -115,6 +117,7 @@ def run_ingest(cfg: Config, *, dry_run: bool = False) -> dict | str:
         "table": table_uri(cfg.sink, cfg.sink.table),
         "table_version": commit.table_version,
         "table_rows": commit.table_rows,
+        "documents_deleted": commit.documents_deleted,
         "indexes": indexes,
         "sources_listed": len(sources),
         "model": cfg.embedding.model,

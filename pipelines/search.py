@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
-from lancedb.index import IvfHnswSq, IvfPq
+from lancedb.index import FTS, IvfHnswSq, IvfPq
 
 from babelray.config import Config
 from babelray.embedding_model import EmbeddingModel, load_model_spec
@@ -211,7 +211,8 @@ def build_indexes(cfg: Config) -> list[str]:
     if cfg.index.full_text:
         for column in FTS_COLUMNS:
             # Multilingual text: no English stemming or stop words.
-            table.create_fts_index(column, replace=True, stem=False, remove_stop_words=False, ascii_folding=True)
+            table.create_index(column, config=FTS(stem=False, remove_stop_words=False, ascii_folding=True),
+                               replace=True)
             done.append(f"full-text index on {column}")
     rows = table.count_rows()
     if rows < cfg.index.ann_min_rows:

@@ -229,3 +229,35 @@ def test_document_search_deepens_until_it_has_enough_documents(ingested):
     everything = searcher.vector_search(vectors, table.count_rows())
     assert rankings == [unique_in_order((hit.doc_id for hit in ranked), 5) for ranked in everything]
     assert all(len(ranking) == 5 for ranking in rankings) and all(len(ranked) > 2 for ranked in hits)
+
+
+def test_shrunk_documents_lose_stale_chunks_and_prune_deletes_missing_ones(ray_cluster, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    long_text = "\n\n".join(f"Paragraph {i}: the river carries silt {i} kilometres to the delta, where reed beds "
+                            f"trap it and the marsh grows by {i} centimetres a year." for i in range(120))
+    (corpus / "river.md").write_text(long_text, encoding="utf-8")
+    (corpus / "bees.txt").write_text("Bees dance to tell each other where the flowers are.\n", encoding="utf-8")
+    (corpus / "owls.txt").write_text("Owls hunt at night and hear mice under the snow.\n", encoding="utf-8")
+    (corpus / "blank.txt").write_text("   \n", encoding="utf-8")
+    cfg = _config(tmp_path, [corpus])
+    run_ingest(cfg)
+    table = lancedb.connect(cfg.sink.uri).open_table("chunks")
+    before = [r["chunk_index"] for r in table.to_arrow().to_pylist() if r["doc_id"] == "corpus/river.md"]
+    assert len(before) > 2
+
+    (corpus / "river.md").write_text("The river is short now.\n", encoding="utf-8")
+    (corpus / "owls.txt").unlink()
+    (corpus / "blank.txt").unlink()
+    kept = run_ingest(cfg)  # without --prune, documents missing from the input stay
+    rows = lancedb.connect(cfg.sink.uri).open_table("chunks").to_arrow().to_pylist()
+    assert kept["documents_deleted"] == 0 and "corpus/owls.txt" in {r["doc_id"] for r in rows}
+    river = [r for r in rows if r["doc_id"] == "corpus/river.md"]
+    assert [(r["chunk_index"], r["n_chunks"], r["text"]) for r in river] == [(0, 1, "The river is short now.\n")]
+
+    pruned = run_ingest(cfg, prune=True)
+    db = lancedb.connect(cfg.sink.uri)
+    assert pruned["documents_deleted"] == 2  # owls.txt from the table, blank.txt from the rejects
+    assert {r["doc_id"] for r in db.open_table("chunks").to_arrow().to_pylist()} == {"corpus/river.md",
+                                                                                   "corpus/bees.txt"}
+    assert db.open_table("rejects").count_rows() == 0
