@@ -156,6 +156,8 @@ class SinkConfig(_Section):
         default_factory=dict,
         description="Non-secret object-store options only; credentials come from the environment.",
     )
+    lock_wait_seconds: float = Field(0.0, ge=0, description="How long a run waits for another run on the same "
+                                     "table to finish before it fails (local tables are locked per table).")
 
     @model_validator(mode="after")
     def _no_credentials(self):

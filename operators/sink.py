@@ -8,7 +8,7 @@ Two steps, because one Ray Data stream carries both chunks and rejects:
    rejects table, one row per document, and the staging dataset is removed.
 A document with any rejected chunk is rejected whole, so that every document
 ends in exactly one of the two tables and a later run retries all of it.
-Runs against one table must not overlap (serializing them is a later issue).
+Runs against one table must not overlap: `operators/table_lock.py` serializes them.
 """
 
 from __future__ import annotations

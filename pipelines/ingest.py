@@ -26,6 +26,7 @@ from operators.route import RouteDocuments
 from operators.schema import chunk_schema
 from operators.sink import commit_run, staging_uri, table_uri, write_staging
 from operators.summary import summarize_staging, write_summary
+from operators.table_lock import table_lock
 from operators.translate import TranslateDocuments, assert_models_available
 from pipelines.search import build_indexes
 
@@ -103,13 +104,14 @@ def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False) -> di
     for stage in plan:
         ds = ds.map_batches(stage.operator, **stage.kwargs)
 
-    staging = staging_uri(cfg.sink, run_id, cfg.run.staging_dir)
-    write_staging(ds, staging, chunk_schema(dimensions), cfg.sink.storage_options, num_cpus=LIGHT_TASK_CPUS)
-    summary = summarize_staging(staging, cfg.sink.storage_options)
-    metadata = {**spec.table_metadata(cfg.embedding), "fingerprint": cfg.fingerprint(),
-                "pipeline_version": __version__}
-    commit = commit_run(staging, cfg.sink, run_id, metadata, prune=prune)
-    indexes = build_indexes(cfg) if cfg.index.after_ingest and commit.table_rows else []
+    with table_lock(cfg.sink, run_id):  # the plan is lazy: nothing has run before this point
+        staging = staging_uri(cfg.sink, run_id, cfg.run.staging_dir)
+        write_staging(ds, staging, chunk_schema(dimensions), cfg.sink.storage_options, num_cpus=LIGHT_TASK_CPUS)
+        summary = summarize_staging(staging, cfg.sink.storage_options)
+        metadata = {**spec.table_metadata(cfg.embedding), "fingerprint": cfg.fingerprint(),
+                    "pipeline_version": __version__}
+        commit = commit_run(staging, cfg.sink, run_id, metadata, prune=prune)
+        indexes = build_indexes(cfg) if cfg.index.after_ingest and commit.table_rows else []
 
     wall = time.perf_counter() - started
     summary.update({

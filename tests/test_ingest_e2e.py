@@ -261,3 +261,29 @@ def test_shrunk_documents_lose_stale_chunks_and_prune_deletes_missing_ones(ray_c
     assert {r["doc_id"] for r in db.open_table("chunks").to_arrow().to_pylist()} == {"corpus/river.md",
                                                                                    "corpus/bees.txt"}
     assert db.open_table("rejects").count_rows() == 0
+
+
+def test_a_second_run_on_a_locked_table_fails_naming_the_holder_and_a_dead_holder_is_taken_over(
+        ray_cluster, tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    from operators.table_lock import TableLocked, lock_path, table_lock
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "bees.txt").write_text("Bees dance to tell each other where the flowers are.\n", encoding="utf-8")
+    cfg = _config(tmp_path, [corpus])
+    with table_lock(cfg.sink, "run-in-progress"):
+        with pytest.raises(TableLocked, match=f"run run-in-progress \\(pid {os.getpid()}"):
+            run_ingest(cfg)
+    assert not lock_path(cfg.sink).exists()  # released by its holder
+
+    # A run that died (its pid is gone) leaves its lock behind: the next run takes it over.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock_path(cfg.sink).write_text(json.dumps({"run_id": "crashed", "host": socket.gethostname(),
+                                               "pid": dead.pid, "since": "earlier"}))
+    assert run_ingest(cfg)["documents_embedded"] == 1
+    assert not lock_path(cfg.sink).exists()
