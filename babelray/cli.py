@@ -8,6 +8,7 @@ import logging
 import sys
 
 from babelray.config import Config, ConfigError, load_config
+from operators.table_lock import TableLocked  # stdlib only: keeps the CLI fast to start
 
 
 def apply_overrides(cfg: Config, input_path: str | None, table: str | None) -> Config:
@@ -137,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"babelray: {err}", file=sys.stderr)
         return 2
+    except TableLocked as err:
+        print(f"babelray: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

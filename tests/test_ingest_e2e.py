@@ -278,6 +278,7 @@ def test_a_second_run_on_a_locked_table_fails_naming_the_holder_and_a_dead_holde
     with table_lock(cfg.sink, "run-in-progress"):
         with pytest.raises(TableLocked, match=f"run run-in-progress \\(pid {os.getpid()}"):
             run_ingest(cfg)
+        assert main(["run", "--config", _write_config(cfg)]) == 3  # the CLI says why, no traceback
     assert not lock_path(cfg.sink).exists()  # released by its holder
 
     # A run that died (its pid is gone) leaves its lock behind: the next run takes it over.
