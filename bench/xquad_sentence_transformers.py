@@ -50,10 +50,9 @@ def main() -> None:
         queries = read_jsonl(path)
         vectors = model.encode([q["question"] for q in queries], prompt_name="query", batch_size=32,
                                normalize_embeddings=True, convert_to_numpy=True)
-        order = np.argsort(-(vectors @ doc_vectors.T), axis=1)[:, :10]
-        ranks = [[pids[i] for i in row].index(q["pid"]) + 1 if q["pid"] in [pids[i] for i in row] else None
-                 for row, q in zip(order, queries)]
-        recall = {k: 100.0 * np.mean([r is not None and r <= k for r in ranks]) for k in (1, 5, 10)}
+        top10 = [[pids[i] for i in row] for row in np.argsort(-(vectors @ doc_vectors.T), axis=1)[:, :10]]
+        ranks = [ranked.index(q["pid"]) + 1 if q["pid"] in ranked else 11 for ranked, q in zip(top10, queries)]
+        recall = {k: 100.0 * np.mean([rank <= k for rank in ranks]) for k in (1, 5, 10)}
         recall5.append(recall[5])
         print(f"{path.name.split('.')[1]:<6}{recall[1]:>7.1f}{recall[5]:>7.1f}{recall[10]:>7.1f}")
     print(f"average R@5 {np.mean(recall5):.1f} over {len(recall5)} languages; {time.perf_counter() - started:.0f} s")

@@ -84,6 +84,15 @@ def document_search(searcher, vectors: np.ndarray, exact: bool = True, limit: in
             hits[i] = ranked
 
 
+def _search_queries(searcher, queries, translate: str = "route"):
+    """Queries the way `babelray search` runs them (language ID and routing, query prompt, vector
+    search), keeping each step's output for the ablations: prepared, vectors, rankings, hits."""
+    prepared = searcher.prepare([q.text for q in queries], translate=translate)
+    vectors = searcher.embed_queries([p.text for p in prepared])
+    rankings, hits = document_search(searcher, vectors)
+    return prepared, vectors, rankings, hits
+
+
 def _table_vectors(searcher) -> tuple[np.ndarray, list[str]]:
     chunks = searcher.table.to_arrow().select(["doc_id", "vector"])
     vectors = chunks.column("vector").combine_chunks()
@@ -112,10 +121,8 @@ def xquad(ctx: EvalContext, dims: list[int], ann_types: tuple[str, ...] = ANN_TY
     for lang in eval_data.xquad_langs(ctx.data):
         queries = eval_data.xquad_queries(ctx.data, lang)
         golds = [q.gold for q in queries]
-        prepared = searcher.prepare([q.text for q in queries])
+        prepared, vectors, rankings, hits = _search_queries(searcher, queries)
         texts = [p.text for p in prepared]
-        vectors = searcher.embed_queries(texts)
-        rankings, hits = document_search(searcher, vectors)
         rows.append({"lang": lang, "queries": len(queries), **ranking_metrics(rankings, golds),
                      "query_langid": 100.0 * sum(p.lang == lang for p in prepared) / len(prepared),
                      "translated": sum(p.translated for p in prepared)})
@@ -172,9 +179,7 @@ def _translate_vs_direct(searcher, lang: str, queries) -> dict:
     golds = [q.gold for q in queries]
     row = {"lang": lang}
     for policy, label in (("never", "direct"), ("always", "translated")):
-        prepared = searcher.prepare([q.text for q in queries], translate=policy)
-        vectors = searcher.embed_queries([p.text for p in prepared])
-        rankings, _ = document_search(searcher, vectors)
+        prepared, _, rankings, _ = _search_queries(searcher, queries, translate=policy)
         row[f"{label}_R@5"] = ranking_metrics(rankings, golds)["R@5"]
         if policy == "always":
             row["queries_translated"] = sum(p.translated for p in prepared)
@@ -276,9 +281,7 @@ def fastapi_docs(ctx: EvalContext, ann_types: tuple[str, ...] = ANN_TYPES) -> di
         queries = eval_data.fastapi_queries(ctx.data, lang, doc_prefix="en/")
         if not queries:
             continue
-        prepared = searcher.prepare([q.text for q in queries])
-        vectors = searcher.embed_queries([p.text for p in prepared])
-        rankings, hits = document_search(searcher, vectors)
+        _, vectors, rankings, hits = _search_queries(searcher, queries)
         golds = [q.gold for q in queries]
         rows.append({"lang": lang, "queries": len(queries), **ranking_metrics(rankings, golds)})
         logger.info("fastapi %s: R@5 %.1f over %d pages", lang, rows[-1]["R@5"], len(queries))
