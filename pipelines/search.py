@@ -123,9 +123,9 @@ class Searcher:
 
     def search_many(self, queries: list[str], mode: Mode = "vector", k: int = 10, lang: str | None = None,
                     translate: TranslatePolicy = "route") -> list[list[Hit]]:
-        texts = [p.text for p in self.prepare(queries, translate)]
         if lang and not LANG_CODE.fullmatch(lang):
             raise ValueError(f"--lang {lang!r}: expected a language code such as 'de', 'zh' or 'code'")
+        texts = [p.text for p in self.prepare(queries, translate)]
         where = f"lang = '{lang}'" if lang else None
         if mode == "fts":
             return [self._full_text(text, k, where) for text in texts]

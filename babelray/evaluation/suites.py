@@ -8,7 +8,6 @@ vector_search), keeping the query vectors for the ablations in the same run."""
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ LID_ALIASES = {"nb": {"no"}}
 class EvalContext:
     cfg: Config
     data: Path
-    work: Path  # scratch LanceDB folder and run summaries
+    work: Path  # a fresh folder per eval run (scratch tables, run summaries): every table starts empty
     _model: EmbeddingModel | None = field(default=None, repr=False)
 
     @property
@@ -52,7 +51,6 @@ class EvalContext:
                                                "rejects_table": f"{table}_rejects", "storage_options": {}})
         cfg.run = cfg.run.model_copy(update={"summary_dir": str(self.work / "runs"), "staging_dir": None})
         cfg.index = cfg.index.model_copy(update={"after_ingest": False})
-        shutil.rmtree(self.work / "lancedb" / f"{table}.lance", ignore_errors=True)
         return cfg
 
 
@@ -94,7 +92,7 @@ def _search_queries(searcher, queries, translate: str = "route"):
 
 
 def _table_vectors(searcher) -> tuple[np.ndarray, list[str]]:
-    chunks = searcher.table.to_arrow().select(["doc_id", "vector"])
+    chunks = searcher.table.to_lance().to_table(columns=["doc_id", "vector"])  # not the text
     vectors = chunks.column("vector").combine_chunks()
     matrix = vectors.values.to_numpy(zero_copy_only=False).reshape(len(chunks), vectors.type.list_size)
     return matrix.astype(np.float32), chunks.column("doc_id").to_pylist()
