@@ -42,6 +42,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reembed(args: argparse.Namespace) -> int:
+    cfg = apply_overrides(load_config(args.config), args.input, args.table)
+    from operators.summary import format_summary
+    from pipelines.ingest import reembed
+
+    result = reembed(cfg)
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_summary(result))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    cfg = apply_overrides(load_config(args.config), None, args.table)
+    from operators.table_alias import roll_back
+
+    alias = roll_back(cfg.sink)
+    print(f"{cfg.sink.table} -> {alias['current']['chunks']} (rejects: {alias['current']['rejects']}); "
+          f"`babelray rollback` again returns to {alias['previous'][0]['chunks']}")
+    return 0
+
+
 def _search(args: argparse.Namespace) -> int:
     cfg = apply_overrides(load_config(args.config), None, args.table)
     from pipelines.search import Searcher
@@ -82,6 +102,18 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+TABLE_HELP = "override the table: a name, or <db uri>/<name>"
+
+
+def _table_command(commands, name: str, help: str, handler, config_help: str | None = None):
+    """A subcommand that takes a config and may override the table."""
+    command = commands.add_parser(name, help=help)
+    command.add_argument("--config", required=True, help=config_help)
+    command.add_argument("--table", help=TABLE_HELP)
+    command.set_defaults(handler=handler)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="babelray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -90,27 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="ingest documents into the vector table")
     run.add_argument("--config", required=True, help="YAML config (see docs/config.md)")
     run.add_argument("--input", help="override input.paths with one folder, .jsonl or .parquet")
-    run.add_argument("--table", help="override the table: a name, or <db uri>/<name>")
+    run.add_argument("--table", help=TABLE_HELP)
     run.add_argument("--dry-run", action="store_true", help="print the plan, start no work")
     run.add_argument("--prune", action="store_true",
                      help="the input is the complete source: delete documents the table has but the input lacks")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.set_defaults(handler=_run)
 
-    search = commands.add_parser("search", help="query the table (vector, full-text or hybrid)")
+    reembed = _table_command(commands, "reembed", "build the table anew with this config's model/prompts/chunking, "
+                             "then switch to it", _reembed, "the new config; its input must be the complete source")
+    reembed.add_argument("--input", help="override input.paths with one folder, .jsonl or .parquet")
+    reembed.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    _table_command(commands, "rollback", "point the table back at the version before the last reembed", _rollback)
+
+    search = _table_command(commands, "search", "query the table (vector, full-text or hybrid)", _search)
     search.add_argument("query")
-    search.add_argument("--config", required=True)
-    search.add_argument("--table", help="override the table: a name, or <db uri>/<name>")
     search.add_argument("--mode", choices=["vector", "fts", "hybrid"], default="vector")
     search.add_argument("--k", type=int, default=10)
     search.add_argument("--lang", help="only chunks in this language (ISO 639-1, or 'code')")
     search.add_argument("--json", action="store_true", help="print the results as JSON")
-    search.set_defaults(handler=_search)
 
-    index = commands.add_parser("index", help="build full-text indexes, and the ANN index once it pays off")
-    index.add_argument("--config", required=True)
-    index.add_argument("--table", help="override the table: a name, or <db uri>/<name>")
-    index.set_defaults(handler=_index)
+    _table_command(commands, "index", "build full-text indexes, and the ANN index once it pays off", _index)
 
     evaluate = commands.add_parser("eval", help="retrieval quality on public data: Markdown report + PNG")
     evaluate.add_argument("--config", required=True, help="model, prompts, chunking and routing to measure")

@@ -180,7 +180,13 @@ class IndexConfig(_Section):
 
 class RunConfig(_Section):
     summary_dir: str = Field("./runs", description="Each run writes <summary_dir>/<run_id>/summary.json.")
-    staging_dir: str | None = Field(None, description="None = <sink.uri>/_staging (same store as the table).")
+    commit_rows: int = Field(5000, ge=1, description="Chunks per commit: a run commits whole documents in rounds "
+                             "of about this many chunks, so a crashed run loses at most one round.")
+    task_retries: int = Field(2, ge=0, description="Retries of a stage's task whose worker process died (a crash, "
+                              "an OOM kill); then its documents are retried one per task, and one that still "
+                              "kills its worker is rejected (`worker_crashed`).")
+    max_failed_blocks: int = Field(20, ge=0, description="Blocks that may fail for good before the run stops: "
+                                   "beyond a few poison documents, the cause is not in the data.")
 
 
 class Config(_Section):

@@ -32,6 +32,17 @@ def qwen3_tokenizer_dir() -> Path:
     return folder
 
 
+def local_config(tmp: Path, paths: list[Path], db: str = "lancedb"):
+    """configs/local.yaml reading `paths` and writing its table and run summaries under `tmp`."""
+    from babelray.config import load_config
+
+    cfg = load_config(REPO / "configs" / "local.yaml")
+    cfg.input.paths = [str(path) for path in paths]
+    cfg.sink.uri = str(tmp / db)
+    cfg.run.summary_dir = str(tmp / "runs")
+    return cfg
+
+
 def build_tiny_qwen3(folder: Path) -> Path:
     """A random-weight Qwen3Model with the real Qwen3 tokenizer, laid out like
     Qwen/Qwen3-Embedding-* (last-token pooling, left padding, query prompt)."""

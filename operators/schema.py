@@ -1,8 +1,10 @@
 """Column names and Arrow types shared by the stages.
 
-A row is a document until the chunk stage and a chunk after it. Rejected rows
-travel with the others (reject_* set, text/vector null) so that the sink can
-account for every document in one place.
+A row is a document until the chunk stage and a chunk after it. Rows that need
+no more work travel with the others, with reject_* set and text/vector null, so
+that every stage passes them on untouched and the sink accounts for every
+document in one place: rejected documents, and documents unchanged since the
+run that embedded them (reject_reason `unchanged`, which is not a rejection).
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ REJECT_READ_ERROR = "read_error"
 REJECT_BAD_RECORD = "bad_record"
 REJECT_MODEL_ERROR = "model_error"
 REJECT_TRANSLATION_ERROR = "translation_error"
+REJECT_DUPLICATE_ID = "duplicate_id"
+REJECT_INCOMPLETE = "incomplete"  # some of its chunks never reached the sink (a lost block)
+REJECT_WORKER_CRASHED = "worker_crashed"  # its worker process died on it, also when it was retried alone
+# Not a rejection: the table already holds this content embedded with this config.
+SKIP_UNCHANGED = "unchanged"
+
+# What a run does with a document, by the table it writes to (the `change` column).
+CHANGE_NEW = "new"
+CHANGE_CHANGED = "changed"  # other content, or embedded with another config (fingerprint)
+CHANGE_UNCHANGED = "unchanged"
 
 ROUTE_DIRECT = "direct"
 ROUTE_TRANSLATE = "translate"
@@ -38,6 +50,7 @@ DOCUMENT_SCHEMA = pa.schema(
         ("reject_stage", pa.string()),
         ("reject_reason", pa.string()),
         ("reject_detail", pa.string()),
+        ("change", pa.string()),  # CHANGE_*; set by the incremental stage, not stored in the table
     ]
 )
 
@@ -73,11 +86,23 @@ def embedding_fields(dimensions: int) -> list[tuple[str, pa.DataType]]:
     ]
 
 
+# Columns that only travel through the run; the sink keeps them out of the table.
+RUN_ONLY_COLUMNS = ["reject_stage", "reject_reason", "reject_detail", "change"]
+# Added by the sink: the config fingerprint (Config.fingerprint) the row was embedded with.
+FINGERPRINT_FIELD = pa.field("embedding_fingerprint", pa.string())
+
+
 def chunk_schema(dimensions: int) -> pa.Schema:
-    """Schema of the rows that reach the sink (staging and final table)."""
+    """Schema of the rows that reach the sink."""
     fields = (list(DOCUMENT_SCHEMA) + LANGID_FIELDS + ROUTE_FIELDS + TRANSLATION_FIELDS + CHUNK_FIELDS
               + embedding_fields(dimensions))
     return pa.schema(fields)
+
+
+def table_schema(dimensions: int) -> pa.Schema:
+    """Schema of the chunks table."""
+    rows = chunk_schema(dimensions)
+    return pa.schema([field for field in rows if field.name not in RUN_ONLY_COLUMNS] + [FINGERPRINT_FIELD])
 
 
 def append_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:

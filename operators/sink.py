@@ -1,34 +1,47 @@
-"""Sink: stage the run's rows with lance-ray, then commit them to LanceDB.
+"""Sink: the run's rows -> the LanceDB table, committed in rounds of whole documents.
 
-Two steps, because one Ray Data stream carries both chunks and rejects:
-1. the workers write every row (chunks and rejects) into a per-run staging
-   Lance dataset with `lance_ray.write_lance` (distributed, streaming);
-2. the driver commits: chunks are upserted into the table keyed on `chunk_id`
-   (a re-run replaces rows instead of duplicating them), rejects go to the
-   rejects table, one row per document, and the staging dataset is removed.
-A document with any rejected chunk is rejected whole, so that every document
-ends in exactly one of the two tables and a later run retries all of it.
-Runs against one table must not overlap: `operators/table_lock.py` serializes them.
+The driver pulls the pipeline's output as it streams and buffers it per document. Once
+a document has all its rows (all its chunks, or its one reject/unchanged row) it is
+ready; every `run.commit_rows` ready chunks are committed in one LanceDB `merge_insert`:
+chunks upserted on `chunk_id`, the other chunks of those documents deleted (fewer chunks
+now, or rejected now), rejects upserted into the rejects table. So a document is never
+half old and half new, and the table is the run's checkpoint: each row records its
+document's content hash and the config fingerprint it was embedded with, so a run
+started again after a crash skips, through `operators.incremental`, every document an
+earlier round committed. The last round also deletes what `--prune` removes and the ids
+that occurred twice in the run.
+
+Every document of the run ends in exactly one of: embedded (chunks in the table),
+unchanged (left as it was), rejected (one row in the rejects table, why). A document
+with any rejected chunk is rejected whole. Runs against one table must not overlap:
+`operators/table_lock.py` serializes them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import lance
 import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from babelray.config import SinkConfig
+from operators.incremental import KNOWN_COLUMNS
+from operators.schema import (
+    FINGERPRINT_FIELD,
+    REJECT_DUPLICATE_ID,
+    REJECT_INCOMPLETE,
+    SKIP_UNCHANGED,
+    table_schema,
+)
+from operators.summary import RunTally
+from operators.table_alias import TableNames
 
+logger = logging.getLogger(__name__)
 TABLE_METADATA_KEY = b"babelray"
-REJECT_COLUMNS = ["reject_stage", "reject_reason", "reject_detail"]
 REJECTS_SCHEMA = pa.schema([
     ("doc_id", pa.string()),
     ("source", pa.string()),
@@ -40,63 +53,11 @@ REJECTS_SCHEMA = pa.schema([
     ("run_id", pa.string()),
     ("rejected_at", pa.timestamp("us", tz="UTC")),
 ])
+SQL_IN_SLICE = 500
 
 
 def table_uri(cfg: SinkConfig, name: str) -> str:
     return f"{cfg.uri.rstrip('/')}/{name}.lance"
-
-
-def staging_uri(cfg: SinkConfig, run_id: str, staging_dir: str | None = None) -> str:
-    base = (staging_dir or f"{cfg.uri.rstrip('/')}/_staging").rstrip("/")
-    return f"{base}/{run_id}.lance"
-
-
-def write_staging(ds, uri: str, schema: pa.Schema, storage_options: dict[str, str], num_cpus: float = 1) -> None:
-    import lance_ray
-
-    lance_ray.write_lance(ds, uri, schema=schema, mode="create", storage_options=storage_options or None,
-                          ray_remote_args={"num_cpus": num_cpus})
-
-
-@dataclass(frozen=True)
-class CommitResult:
-    table_version: int
-    table_rows: int
-    documents_rejected: int
-    documents_deleted: int = 0
-
-
-def _reject_rows(staging: lance.LanceDataset, run_id: str, now: datetime) -> pa.Table:
-    """One row per rejected document (a document with several rejected chunks keeps one reason)."""
-    rows = staging.to_table(
-        columns=["doc_id", "source", *REJECT_COLUMNS, "content_hash", "size_bytes"],
-        filter="reject_reason IS NOT NULL",
-    ).to_pylist()
-    by_doc: dict[str, dict] = {}
-    for row in rows:
-        by_doc.setdefault(row["doc_id"], {
-            "doc_id": row["doc_id"], "source": row["source"], "stage": row["reject_stage"],
-            "reason": row["reject_reason"], "detail": row["reject_detail"],
-            "content_hash": row["content_hash"], "size_bytes": row["size_bytes"],
-            "run_id": run_id, "rejected_at": now,
-        })
-    return pa.Table.from_pylist(list(by_doc.values()), schema=REJECTS_SCHEMA)
-
-
-def _accepted_batches(staging: lance.LanceDataset, columns: list[str], rejected_docs: pa.Array,
-                      embedded_docs: set[str]):
-    for batch in staging.to_batches(columns=columns, filter="reject_reason IS NULL"):
-        if len(rejected_docs):
-            batch = batch.filter(pc.invert(pc.is_in(batch.column("doc_id"), value_set=rejected_docs)))
-        if batch.num_rows:
-            embedded_docs.update(batch.column("doc_id").to_pylist())
-            yield batch
-
-
-def _sql_in(column: str, values: list[str]) -> list[str]:
-    """`column IN (...)` filters in slices, so a long list never makes one giant predicate."""
-    quoted = ["'" + value.replace("'", "''") + "'" for value in values]
-    return [f"{column} IN ({', '.join(quoted[i:i + 500])})" for i in range(0, len(quoted), 500)]
 
 
 def connect(cfg: SinkConfig):
@@ -104,63 +65,7 @@ def connect(cfg: SinkConfig):
     return lancedb.connect(cfg.uri, storage_options=cfg.storage_options or None)
 
 
-def commit_run(staging_path: str, cfg: SinkConfig, run_id: str, table_metadata: dict,
-               prune: bool = False) -> CommitResult:
-    """Staged rows -> the table, in one merge: chunks upserted on chunk_id; every other chunk of a
-    document this run saw (fewer chunks now, or rejected now) deleted; with `prune`, documents
-    this run did not see at all deleted too (the run must cover the complete source)."""
-    staging = lance.dataset(staging_path, storage_options=cfg.storage_options or None)
-    db = connect(cfg)
-    table = _open_table(db, cfg.table)
-    if table is not None:
-        _check_compatible(table, table_metadata)
-
-    # Computed first: a document with any rejected chunk is kept out of the table below.
-    rejects = _reject_rows(staging, run_id, datetime.now(timezone.utc))
-    rejected_docs = rejects.column("doc_id").combine_chunks()
-    seen_docs = set(staging.to_table(columns=["doc_id"]).column("doc_id").to_pylist())
-    rejects_table = _open_table(db, cfg.rejects_table)
-    known_docs = _table_docs(table) | _table_docs(rejects_table) if prune else set()
-    deleted_docs = sorted(known_docs - seen_docs)
-    columns = [name for name in staging.schema.names if name not in REJECT_COLUMNS]
-    schema = pa.schema([staging.schema.field(name) for name in columns])
-    embedded_docs: set[str] = set()
-    accepted = pa.RecordBatchReader.from_batches(
-        schema, _accepted_batches(staging, columns, rejected_docs, embedded_docs))
-    if table is None:
-        table = db.create_table(cfg.table, data=accepted, schema=schema)
-    else:
-        # One commit: readers never see a document with half its old and half its new chunks.
-        replaced = " OR ".join(_sql_in("doc_id", sorted(seen_docs | set(deleted_docs)))) or "false"
-        table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all() \
-            .when_not_matched_by_source_delete(replaced).execute(accepted)
-
-    # The rejects table says what is wrong *now*: one row per document, gone once it embeds.
-    if rejects_table is None and rejects.num_rows:
-        rejects_table = db.create_table(cfg.rejects_table, data=rejects)
-    elif rejects_table is not None:
-        if rejects.num_rows:
-            rejects_table.merge_insert("doc_id").when_matched_update_all().when_not_matched_insert_all() \
-                .execute(rejects)
-        for predicate in _sql_in("doc_id", sorted(embedded_docs | set(deleted_docs))):
-            rejects_table.delete(predicate)
-
-    table.to_lance().update_schema_metadata(
-        {TABLE_METADATA_KEY.decode(): json.dumps(table_metadata, sort_keys=True)})
-    table.checkout_latest()
-    rows = table.count_rows()
-    drop_dataset(staging_path)
-    return CommitResult(table_version=table.version, table_rows=rows, documents_rejected=rejects.num_rows,
-                        documents_deleted=len(deleted_docs))
-
-
-def _table_docs(table) -> set[str]:
-    if table is None:
-        return set()
-    return set(table.to_lance().to_table(columns=["doc_id"]).column("doc_id").unique().to_pylist())
-
-
-def _open_table(db, name: str):
+def open_table(db, name: str):
     """The table, or None when it does not exist yet (list_tables is paginated; this is not)."""
     try:
         return db.open_table(name)
@@ -173,24 +78,284 @@ def read_table_metadata(table) -> dict:
     return json.loads(raw) if raw else {}
 
 
-def _check_compatible(table, new_metadata: dict) -> None:
-    """Vectors of another model or size must not be mixed into one table."""
+def _sql_in(column: str, values) -> str:
+    """`column IN (...)` in slices OR-ed together, so no single list grows huge; 'false' when empty."""
+    quoted = ["'" + value.replace("'", "''") + "'" for value in sorted(values)]
+    parts = [f"{column} IN ({', '.join(quoted[i:i + SQL_IN_SLICE])})" for i in range(0, len(quoted), SQL_IN_SLICE)]
+    return " OR ".join(parts) or "false"
+
+
+@dataclass(frozen=True)
+class TableState:
+    """What the table holds per document, read once before a run: the incremental stage
+    compares against it, the summary counts the tokens an unchanged document saves."""
+
+    embedded: pa.Table  # KNOWN_COLUMNS, one row per document in the chunks table
+    rejected: pa.Table  # doc_id, content_hash: documents in the rejects table
+    tokens: dict[str, int]  # doc_id -> tokens of its chunks
+
+    @classmethod
+    def empty(cls) -> TableState:
+        return cls(pa.table({name: pa.array([], pa.string()) for name in KNOWN_COLUMNS}),
+                   pa.table({"doc_id": pa.array([], pa.string()), "content_hash": pa.array([], pa.string())}), {})
+
+    @classmethod
+    def read(cls, cfg: SinkConfig, names: TableNames) -> TableState:
+        db = connect(cfg)
+        table, rejects = open_table(db, names.chunks), open_table(db, names.rejects)
+        embedded, rejected, tokens = cls.empty().embedded, cls.empty().rejected, {}
+        if table is not None:
+            _add_fingerprint_column(table)
+            rows = table.to_lance().to_table(columns=[*KNOWN_COLUMNS, "token_count"])
+            per_doc = rows.group_by("doc_id").aggregate([("content_hash", "min"), ("embedding_fingerprint", "min"),
+                                                         ("token_count", "sum")])
+            embedded = pa.table({"doc_id": per_doc["doc_id"], "content_hash": per_doc["content_hash_min"],
+                                 "embedding_fingerprint": per_doc["embedding_fingerprint_min"]})
+            tokens = dict(zip(per_doc["doc_id"].to_pylist(), per_doc["token_count_sum"].to_pylist()))
+        if rejects is not None:
+            rejected = rejects.to_lance().to_table(columns=["doc_id", "content_hash"])
+        return cls(embedded, rejected, tokens)
+
+    def documents(self) -> set[str]:
+        return set(self.embedded.column("doc_id").to_pylist()) | set(self.rejected.column("doc_id").to_pylist())
+
+
+def _add_fingerprint_column(table) -> None:
+    """Tables written before rows carried a fingerprint get the one their metadata names."""
+    if FINGERPRINT_FIELD.name in table.schema.names:
+        return
+    fingerprint = read_table_metadata(table).get("fingerprint", "")
+    table.add_columns({FINGERPRINT_FIELD.name: f"'{fingerprint}'"})
+
+
+def check_compatible(table, metadata: dict) -> None:
+    """One table holds vectors of one config: another model, size, prompt or chunking is a
+    re-embedding (`babelray reembed`), which builds a new table instead of mixing."""
     old = read_table_metadata(table)
-    for key in ("model", "dimensions"):
-        if old and old.get(key) != new_metadata.get(key):
+    for key in ("model", "dimensions", "fingerprint"):
+        if old and old.get(key) != metadata.get(key):
             raise ValueError(
-                f"table {table.name!r} holds vectors with {key}={old.get(key)!r}, this run makes "
-                f"{new_metadata.get(key)!r}; write to another table (sink.table) instead of mixing them"
+                f"table {table.name!r} holds vectors with {key}={old.get(key)!r}, this config makes "
+                f"{metadata.get(key)!r}: `babelray reembed --config ...` builds a new table from it and "
+                f"switches to it (the old one stays for `babelray rollback`)"
             )
 
 
-def drop_dataset(uri: str) -> None:
-    if "://" not in uri:
-        shutil.rmtree(uri, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the staging folder itself, once no run uses it
-            os.rmdir(os.path.dirname(uri))
-        return
-    import pyarrow.fs as pafs
+@dataclass
+class CommitResult:
+    table_version: int
+    table_rows: int
+    commits: int
+    documents_deleted: int
 
-    fs, path = pafs.FileSystem.from_uri(uri)
-    fs.delete_dir(path)
+
+@dataclass
+class _Pending:
+    """Rows of documents not committed yet, and how many rows each one still lacks."""
+
+    batches: list[pa.Table] = field(default_factory=list)
+    missing: dict[str, int] = field(default_factory=dict)  # doc_id -> rows still to come
+    ready_docs: set[str] = field(default_factory=set)
+    ready_rows: int = 0
+
+
+class TableWriter:
+    """Driver side of the sink: `add` each output batch, then `finish` once."""
+
+    def __init__(self, cfg: SinkConfig, names: TableNames, *, run_id: str, metadata: dict, dimensions: int,
+                 commit_rows: int, tally: RunTally):
+        self.cfg, self.names, self.run_id, self.metadata = cfg, names, run_id, metadata
+        self.fingerprint = metadata["fingerprint"]
+        self.schema = table_schema(dimensions)
+        self.commit_rows = commit_rows
+        self.tally = tally
+        self.db = connect(cfg)
+        self.table = open_table(self.db, names.chunks)
+        if self.table is None:
+            # Created up front and empty, so every round is the same merge.
+            self.table = self.db.create_table(names.chunks, schema=self.schema)
+            self._write_metadata()
+        else:
+            check_compatible(self.table, metadata)
+            _add_fingerprint_column(self.table)
+        self.rejects = open_table(self.db, names.rejects)
+        self.pending = _Pending()
+        self.duplicates: dict[str, list[str]] = {}  # doc_id -> sources of its repeated records
+        self.seen: set[str] = set()
+        self.late_rejects: list[dict] = []  # documents that never came out of the pipeline (see `reject`)
+        self.commits = 0
+
+    # ------------------------------------------------------------------ intake
+
+    def add(self, batch: pa.Table) -> None:
+        reasons = batch.column("reject_reason").to_pylist()
+        is_duplicate = [reason == REJECT_DUPLICATE_ID for reason in reasons]
+        if any(is_duplicate):
+            for doc_id, source, duplicate in zip(batch.column("doc_id").to_pylist(),
+                                                 batch.column("source").to_pylist(), is_duplicate):
+                if duplicate:
+                    self.duplicates.setdefault(doc_id, []).append(source)
+            batch = batch.filter(pa.array([not d for d in is_duplicate]))
+        for doc_id, n_chunks, chunk_index in zip(batch.column("doc_id").to_pylist(),
+                                                 batch.column("n_chunks").to_pylist(),
+                                                 batch.column("chunk_index").to_pylist()):
+            self.seen.add(doc_id)
+            # A chunk row knows how many chunks its document has; any other row is the document.
+            missing = self.pending.missing.get(doc_id, n_chunks if chunk_index is not None else 1) - 1
+            if missing:
+                self.pending.missing[doc_id] = missing
+            else:
+                self.pending.missing.pop(doc_id, None)
+                self.pending.ready_docs.add(doc_id)
+                self.pending.ready_rows += n_chunks or 1
+        self.pending.batches.append(batch)
+        if self.pending.ready_rows >= self.commit_rows:
+            self._commit_ready()
+
+    def reject(self, sources: dict[str, str], stage: str, reason: str, detail: str) -> None:
+        """Documents (doc_id -> source) that the pipeline lost, to be rejected in the last commit."""
+        now = datetime.now(timezone.utc)
+        self.seen.update(sources)
+        self.late_rejects.extend({"doc_id": doc_id, "source": source, "stage": stage, "reason": reason,
+                                  "detail": detail, "content_hash": None, "size_bytes": None, "run_id": self.run_id,
+                                  "rejected_at": now} for doc_id, source in sorted(sources.items()))
+
+    def drop_incomplete(self) -> set[str]:
+        """Forget the documents still missing rows (the rest was in a block that failed), so that they
+        count as lost and are read again whole."""
+        docs = set(self.pending.missing)
+        if docs:
+            rows = pa.concat_tables(self.pending.batches)
+            rest = rows.filter(pc.invert(pc.is_in(rows.column("doc_id"), value_set=pa.array(sorted(docs), pa.string()))))
+            self.pending.batches = [rest] if rest.num_rows else []
+            self.pending.missing = {}
+            self.seen -= docs
+        return docs
+
+    # ------------------------------------------------------------------ commits
+
+    def _take_ready(self) -> pa.Table | None:
+        if not self.pending.batches:
+            return None
+        rows = pa.concat_tables(self.pending.batches)
+        ready = pc.is_in(rows.column("doc_id"), value_set=pa.array(sorted(self.pending.ready_docs), pa.string()))
+        rest = rows.filter(pc.invert(ready))
+        self.pending.batches = [rest] if rest.num_rows else []
+        self.pending.ready_docs, self.pending.ready_rows = set(), 0
+        return rows.filter(ready)
+
+    def _commit_ready(self, *, also_delete: set[str] = frozenset(), also_reject: pa.Table | None = None) -> None:
+        rows = self._take_ready()
+        if rows is None:
+            rows = pa.table({name: pa.array([], pa.string()) for name in ("doc_id", "reject_reason")})
+        reasons = rows.column("reject_reason")
+        unchanged = pc.equal(reasons, SKIP_UNCHANGED).fill_null(False)
+        rejected_rows = rows.filter(pc.and_(pc.is_valid(reasons), pc.invert(unchanged)))
+        rejected_docs = pc.unique(rejected_rows.column("doc_id"))
+        # Only a document all of whose chunks embedded goes in; ids seen twice never do.
+        keep_out = pa.concat_arrays([rejected_docs.cast(pa.string()),
+                                     pa.array(sorted(self.duplicates), pa.string())])
+        chunks = rows.filter(pc.and_(pc.is_null(reasons), pc.invert(pc.is_in(rows.column("doc_id"),
+                                                                                 value_set=keep_out))))
+        rejects = _reject_records(rejected_rows, self.run_id)
+        if also_reject is not None:
+            rejects = pa.concat_tables([rejects, also_reject])
+        embedded_docs = set(chunks.column("doc_id").to_pylist())
+        replaced = embedded_docs | set(rejects.column("doc_id").to_pylist()) | set(also_delete)
+
+        source = self._table_rows(chunks)
+        # One commit per round: readers never see a document with half its old and half its new chunks.
+        self.table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all() \
+            .when_not_matched_by_source_delete(_sql_in("doc_id", replaced)).execute(source)
+        rejected_now = set(rejects.column("doc_id").to_pylist())
+        self._commit_rejects(rejects, gone=(embedded_docs | set(also_delete)) - rejected_now)
+        self.tally.add_round(rows, embedded_docs, rejects)
+        self.commits += 1
+        logger.info("commit %d: %d chunks of %d documents, %d rejected", self.commits, chunks.num_rows,
+                    len(embedded_docs), rejects.num_rows)
+
+    def _table_rows(self, chunks: pa.Table) -> pa.Table:
+        columns = {}
+        for schema_field in self.schema:
+            if schema_field.name == FINGERPRINT_FIELD.name:
+                columns[schema_field.name] = pa.array([self.fingerprint] * chunks.num_rows, pa.string())
+            elif chunks.num_rows:
+                columns[schema_field.name] = chunks.column(schema_field.name).cast(schema_field.type)
+            else:
+                columns[schema_field.name] = pa.array([], schema_field.type)
+        return pa.table(columns, schema=self.schema)
+
+    def _commit_rejects(self, rejects: pa.Table, gone: set[str]) -> None:
+        """The rejects table says what is wrong *now*: one row per document, gone once it embeds."""
+        if self.rejects is None:
+            if not rejects.num_rows:
+                return
+            self.rejects = self.db.create_table(self.names.rejects, data=rejects)
+            return
+        if rejects.num_rows:
+            self.rejects.merge_insert("doc_id").when_matched_update_all().when_not_matched_insert_all() \
+                .execute(rejects)
+        if gone:
+            self.rejects.delete(_sql_in("doc_id", gone))
+
+    def finish(self, *, prune: bool, known: TableState) -> CommitResult:
+        """Commit the rest. A document still missing rows (a lost block) is rejected, not dropped."""
+        if self.pending.missing:
+            rows = pa.concat_tables(self.pending.batches)
+            for doc_id, missing in self.pending.missing.items():
+                logger.error("document %s lacks %d rows at the end of the run", doc_id, missing)
+            self.pending.ready_docs |= set(self.pending.missing)
+            incomplete = rows.filter(pc.is_in(rows.column("doc_id"),
+                                              value_set=pa.array(sorted(self.pending.missing), pa.string())))
+            self.pending.batches.append(_mark_incomplete(incomplete, self.pending.missing))
+            self.pending.missing = {}
+        deleted = (known.documents() - self.seen - set(self.duplicates)) if prune else set()
+        duplicate_rejects = pa.Table.from_pylist([
+            {"doc_id": doc_id, "source": sources[0], "stage": "incremental", "reason": REJECT_DUPLICATE_ID,
+             "detail": f"{len(sources) + 1} records in this run have this id (also read from: "
+                       f"{', '.join(sorted(set(sources)))}); ids must be unique",
+             "content_hash": None, "size_bytes": None, "run_id": self.run_id,
+             "rejected_at": datetime.now(timezone.utc)}
+            for doc_id, sources in sorted(self.duplicates.items())] + self.late_rejects, schema=REJECTS_SCHEMA)
+        self.tally.duplicate_records = sum(len(sources) for sources in self.duplicates.values())
+        self._commit_ready(also_delete=deleted | set(self.duplicates), also_reject=duplicate_rejects)
+        self._write_metadata()
+        if self.commits > 1:
+            self.table.optimize()  # rounds leave small fragments; compact them once
+        self.table.checkout_latest()
+        return CommitResult(table_version=self.table.version, table_rows=self.table.count_rows(),
+                            commits=self.commits, documents_deleted=len(deleted))
+
+    def _write_metadata(self) -> None:
+        self.table.to_lance().update_schema_metadata(
+            {TABLE_METADATA_KEY.decode(): json.dumps(self.metadata, sort_keys=True)})
+        self.table.checkout_latest()
+
+
+def _reject_records(rows: pa.Table, run_id: str) -> pa.Table:
+    """One record per rejected document (a document with several rejected chunks keeps one reason)."""
+    by_doc: dict[str, dict] = {}
+    now = datetime.now(timezone.utc)
+    if rows.num_rows:
+        for row in rows.select(["doc_id", "source", "reject_stage", "reject_reason", "reject_detail",
+                                "content_hash", "size_bytes"]).to_pylist():
+            by_doc.setdefault(row["doc_id"], {
+                "doc_id": row["doc_id"], "source": row["source"], "stage": row["reject_stage"],
+                "reason": row["reject_reason"], "detail": row["reject_detail"],
+                "content_hash": row["content_hash"], "size_bytes": row["size_bytes"],
+                "run_id": run_id, "rejected_at": now,
+            })
+    return pa.Table.from_pylist(list(by_doc.values()), schema=REJECTS_SCHEMA)
+
+
+def _mark_incomplete(rows: pa.Table, missing: dict[str, int]) -> pa.Table:
+    first = {}
+    for i, doc_id in enumerate(rows.column("doc_id").to_pylist()):
+        first.setdefault(doc_id, i)
+    keep = rows.take(sorted(first.values()))
+    details = [f"{missing[doc_id]} of its chunks never reached the sink" for doc_id in keep.column("doc_id").to_pylist()]
+    for name, values in (("reject_stage", ["sink"] * keep.num_rows),
+                         ("reject_reason", [REJECT_INCOMPLETE] * keep.num_rows),
+                         ("reject_detail", details)):
+        keep = keep.set_column(keep.schema.get_field_index(name), name, pa.array(values, pa.string()))
+    return keep

@@ -1,4 +1,4 @@
-"""Run summary computed from the staged rows, so its counts are what was written."""
+"""Run summary, counted from what the sink committed, so its counts are what was written."""
 
 from __future__ import annotations
 
@@ -6,52 +6,76 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import lance
-import pyarrow.compute as pc
+import pyarrow as pa
 
-from operators.schema import ROUTE_DIRECT_FALLBACK, ROUTE_TRANSLATE
+from operators.schema import (
+    CHANGE_CHANGED,
+    CHANGE_NEW,
+    CHANGE_UNCHANGED,
+    ROUTE_DIRECT_FALLBACK,
+    ROUTE_TRANSLATE,
+    SKIP_UNCHANGED,
+)
 
 
-def summarize_staging(staging_path: str, storage_options: dict[str, str] | None = None) -> dict:
-    staging = lance.dataset(staging_path, storage_options=storage_options or None)
-    table = staging.to_table(columns=["doc_id", "reject_reason", "lang", "route", "code_language", "token_count",
-                                      "translated", "translation_error"])
-    rejected = table.filter(pc.is_valid(table.column("reject_reason")))
-    rejected_docs = set(rejected.column("doc_id").to_pylist())
-    accepted = table.filter(pc.and_(pc.is_null(table.column("reject_reason")),
-                                    pc.invert(pc.is_in(table.column("doc_id"),
-                                                       value_set=rejected.column("doc_id").unique()))))
+FACT_COLUMNS = ["doc_id", "change", "reject_reason", "lang", "route", "code_language", "translated",
+                "translation_error", "token_count"]
 
-    reasons: dict[str, str] = {}
-    for doc_id, reason in zip(rejected.column("doc_id").to_pylist(), rejected.column("reject_reason").to_pylist()):
-        reasons.setdefault(doc_id, reason)
 
-    # Per-document facts from the first chunk of each embedded document.
-    first_chunk: dict[str, dict] = {}
-    for row in accepted.select(["doc_id", "lang", "route", "code_language", "translated",
-                                "translation_error"]).to_pylist():
-        first_chunk.setdefault(row["doc_id"], row)
-    langs = Counter(row["lang"] if row["lang"] != "code" else f"code:{row['code_language']}"
-                    for row in first_chunk.values())
-    routes = Counter(row["route"] for row in first_chunk.values())
-    tokens = int(pc.sum(accepted.column("token_count")).as_py() or 0)
-    all_docs = set(table.column("doc_id").to_pylist())
-    return {
-        "documents_in": len(all_docs),
-        "documents_embedded": len(first_chunk),
-        "documents_rejected": len(rejected_docs),
-        "rejected_by_reason": dict(Counter(reasons.values())),
-        "chunks": accepted.num_rows,
-        "tokens": tokens,
-        "documents_by_language": dict(sorted(langs.items())),
-        "documents_by_route": dict(sorted(routes.items())),
-        "documents_translated": sum(1 for row in first_chunk.values() if row["translated"]),
-        # Routed to translation, embedded as they are: translation off, or failed (route direct_fallback).
-        "documents_untranslated": sum(1 for row in first_chunk.values()
-                                      if row["route"] in (ROUTE_TRANSLATE, ROUTE_DIRECT_FALLBACK) and not row["translated"]),
-        "translation_failures": dict(Counter(row["translation_error"] for row in first_chunk.values()
-                                             if row["translation_error"])),
-    }
+class RunTally:
+    """What happened to each document of a run, fed by the sink round by round."""
+
+    def __init__(self, tokens_in_table: dict[str, int]):
+        self.tokens_in_table = tokens_in_table  # what an unchanged document would have cost
+        self.docs: dict[str, dict] = {}
+        self.duplicate_records = 0
+
+    def add_round(self, rows: pa.Table, embedded_docs: set[str], rejects: pa.Table) -> None:
+        """`rows`: every row the round committed or skipped; `rejects`: one record per rejected document."""
+        columns = [name for name in FACT_COLUMNS if name in rows.column_names]
+        for row in rows.select(columns).to_pylist():
+            doc = self.docs.get(row["doc_id"])
+            if doc is None or doc["outcome"] is None:
+                doc = self.docs[row["doc_id"]] = {**row, "outcome": None, "chunks": 0, "tokens": 0}
+            if row["doc_id"] in embedded_docs:
+                doc["outcome"] = "embedded"
+                doc["chunks"] += 1
+                doc["tokens"] += row["token_count"] or 0
+            elif row.get("reject_reason") == SKIP_UNCHANGED:
+                doc["outcome"] = "skipped"
+        for record in rejects.select(["doc_id", "reason"]).to_pylist():
+            doc = self.docs.setdefault(record["doc_id"], {"doc_id": record["doc_id"], "change": None})
+            doc.update(outcome="rejected", reason=record["reason"], chunks=0, tokens=0)
+
+    def summary(self) -> dict:
+        docs = list(self.docs.values())
+        embedded = [doc for doc in docs if doc["outcome"] == "embedded"]
+        skipped = [doc for doc in docs if doc["outcome"] == "skipped"]
+        rejected = [doc for doc in docs if doc["outcome"] == "rejected"]
+        langs = Counter(doc["lang"] if doc["lang"] != "code" else f"code:{doc['code_language']}" for doc in embedded)
+        return {
+            "documents_in": len(docs),
+            "documents_new": sum(1 for doc in docs if doc.get("change") in (CHANGE_NEW, None)),
+            "documents_changed": sum(1 for doc in docs if doc.get("change") == CHANGE_CHANGED),
+            "documents_unchanged": sum(1 for doc in docs if doc.get("change") == CHANGE_UNCHANGED),
+            "documents_embedded": len(embedded),
+            "documents_skipped": len(skipped),
+            "documents_rejected": len(rejected),
+            "rejected_by_reason": dict(Counter(doc["reason"] for doc in rejected)),
+            "duplicate_records": self.duplicate_records,
+            "chunks": sum(doc["chunks"] for doc in embedded),
+            "tokens": sum(doc["tokens"] for doc in embedded),
+            # The embedding work the skipped documents did not need this run.
+            "tokens_saved": sum(self.tokens_in_table.get(doc["doc_id"], 0) for doc in skipped),
+            "documents_by_language": dict(sorted(langs.items())),
+            "documents_by_route": dict(sorted(Counter(doc["route"] for doc in embedded).items())),
+            "documents_translated": sum(1 for doc in embedded if doc["translated"]),
+            # Routed to translation, embedded as they are: translation off, or failed (route direct_fallback).
+            "documents_untranslated": sum(1 for doc in embedded if doc["route"] in (ROUTE_TRANSLATE, ROUTE_DIRECT_FALLBACK)
+                                          and not doc["translated"]),
+            "translation_failures": dict(Counter(doc["translation_error"] for doc in embedded
+                                                 if doc["translation_error"])),
+        }
 
 
 def write_summary(summary: dict, summary_dir: str, run_id: str) -> Path:
@@ -65,22 +89,29 @@ def write_summary(summary: dict, summary_dir: str, run_id: str) -> Path:
 def format_summary(summary: dict) -> str:
     lines = [
         f"run {summary['run_id']}  ->  {summary['table']}",
-        f"  documents: {summary['documents_in']} in = {summary['documents_embedded']} embedded"
+        f"  documents: {summary['documents_in']} in = {summary['documents_new']} new"
+        f" + {summary['documents_changed']} changed + {summary['documents_unchanged']} unchanged",
+        f"             {summary['documents_in']} in = {summary['documents_embedded']} embedded"
+        f" + {summary['documents_skipped']} skipped (already embedded as they are)"
         f" + {summary['documents_rejected']} rejected",
     ]
+    if summary.get("documents_deleted"):
+        lines.append(f"  deleted (pruned, no longer in the input): {summary['documents_deleted']}")
+    if summary.get("duplicate_records"):
+        lines.append(f"  records with an id seen twice in this run: {summary['duplicate_records']} "
+                     "(each such id is rejected whole)")
     for reason, count in sorted(summary["rejected_by_reason"].items()):
         lines.append(f"    rejected {reason}: {count}")
     for reason, count in sorted(summary["translation_failures"].items()):
         lines.append(f"    not translated ({count}): {reason}")
     lines += [
-        f"  chunks: {summary['chunks']}   tokens: {summary['tokens']}",
+        f"  chunks: {summary['chunks']}   tokens: {summary['tokens']}"
+        f"   saved by skipping: {summary['tokens_saved']} tokens   commits: {summary['commits']}",
         f"  by route: {summary['documents_by_route']}  translated: {summary['documents_translated']}"
         f"  untranslated: {summary['documents_untranslated']}",
         f"  by language: {summary['documents_by_language']}",
         f"  wall time: {summary['wall_seconds']:.1f} s   {summary['documents_per_second']:.2f} docs/s"
         f"   {summary['tokens_per_second']:.0f} tokens/s",
     ]
-    if summary.get("documents_deleted"):
-        lines.insert(2, f"  deleted (pruned, no longer in the input): {summary['documents_deleted']}")
     lines += [f"  index: {line}" for line in summary.get("indexes", [])]
     return "\n".join(lines)

