@@ -154,7 +154,7 @@ class _Pending:
     """Rows of documents not committed yet, and how many rows each one still lacks."""
 
     batches: list[pa.Table] = field(default_factory=list)
-    missing: dict[str, int] = field(default_factory=dict)  # doc_id -> rows still to come
+    missing: dict[str, set[int]] = field(default_factory=dict)  # doc_id -> chunk indexes still to come
     ready_docs: set[str] = field(default_factory=set)
     ready_rows: int = 0
 
@@ -200,8 +200,13 @@ class TableWriter:
                                                  batch.column("n_chunks").to_pylist(),
                                                  batch.column("chunk_index").to_pylist()):
             self.seen.add(doc_id)
-            # A chunk row knows how many chunks its document has; any other row is the document.
-            missing = self.pending.missing.get(doc_id, n_chunks if chunk_index is not None else 1) - 1
+            # A chunk row knows how many chunks its document has; any other row is the document. Sets,
+            # not counts: a retried task may deliver a row twice (the copies are dropped at commit).
+            if chunk_index is None:
+                missing = set()
+            else:
+                missing = self.pending.missing.get(doc_id, set(range(n_chunks)))
+                missing.discard(chunk_index)
             if missing:
                 self.pending.missing[doc_id] = missing
             else:
@@ -242,7 +247,7 @@ class TableWriter:
         rest = rows.filter(pc.invert(ready))
         self.pending.batches = [rest] if rest.num_rows else []
         self.pending.ready_docs, self.pending.ready_rows = set(), 0
-        return rows.filter(ready)
+        return _first_of_each(rows.filter(ready))
 
     def _commit_ready(self, *, also_delete: set[str] = frozenset(), also_reject: pa.Table | None = None) -> None:
         rows = self._take_ready()
@@ -303,7 +308,7 @@ class TableWriter:
         if self.pending.missing:
             rows = pa.concat_tables(self.pending.batches)
             for doc_id, missing in self.pending.missing.items():
-                logger.error("document %s lacks %d rows at the end of the run", doc_id, missing)
+                logger.error("document %s lacks %d chunks at the end of the run", doc_id, len(missing))
             self.pending.ready_docs |= set(self.pending.missing)
             incomplete = rows.filter(pc.is_in(rows.column("doc_id"),
                                               value_set=pa.array(sorted(self.pending.missing), pa.string())))
@@ -332,6 +337,16 @@ class TableWriter:
         self.table.checkout_latest()
 
 
+def _first_of_each(rows: pa.Table) -> pa.Table:
+    """One row per chunk (or per document, for rows that are not chunks)."""
+    keys = [chunk or f"{doc}\x00{reason}" for chunk, doc, reason in zip(
+        rows.column("chunk_id").to_pylist(), rows.column("doc_id").to_pylist(), rows.column("reject_reason").to_pylist())]
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    return rows if len(first) == len(keys) else rows.take(sorted(first.values()))
+
+
 def _reject_records(rows: pa.Table, run_id: str) -> pa.Table:
     """One record per rejected document (a document with several rejected chunks keeps one reason)."""
     by_doc: dict[str, dict] = {}
@@ -348,13 +363,15 @@ def _reject_records(rows: pa.Table, run_id: str) -> pa.Table:
     return pa.Table.from_pylist(list(by_doc.values()), schema=REJECTS_SCHEMA)
 
 
-def _mark_incomplete(rows: pa.Table, missing: dict[str, int]) -> pa.Table:
+def _mark_incomplete(rows: pa.Table, missing: dict[str, set[int]]) -> pa.Table:
     first = {}
     for i, doc_id in enumerate(rows.column("doc_id").to_pylist()):
         first.setdefault(doc_id, i)
     keep = rows.take(sorted(first.values()))
-    details = [f"{missing[doc_id]} of its chunks never reached the sink" for doc_id in keep.column("doc_id").to_pylist()]
-    for name, values in (("reject_stage", ["sink"] * keep.num_rows),
+    details = [f"{len(missing[doc_id])} of its chunks never reached the sink"
+               for doc_id in keep.column("doc_id").to_pylist()]
+    for name, values in (("chunk_id", [None] * keep.num_rows),  # the document's reject, not a chunk
+                         ("reject_stage", ["sink"] * keep.num_rows),
                          ("reject_reason", [REJECT_INCOMPLETE] * keep.num_rows),
                          ("reject_detail", details)):
         keep = keep.set_column(keep.schema.get_field_index(name), name, pa.array(values, pa.string()))

@@ -130,8 +130,9 @@ def stream_into(writer: TableWriter, sources: list[dict], plan: list[Stage]) -> 
 
 
 def lost_documents(ledger, writer: TableWriter, sources: list[dict]) -> dict[str, str]:
-    """doc_id -> source of the documents that went in but never came out (their block failed for
-    good), and of the folder files whose read task failed for good."""
+    """doc_id -> source of the documents that went in but never came out whole (their block failed
+    for good; the writer forgets any part of them it holds), and of the folder files whose read task
+    failed for good."""
     writer.drop_incomplete()
     read = ray.get(ledger.read.remote())
     lost = {doc: source for doc, source in read.items() if doc not in writer.seen and doc not in writer.duplicates}
@@ -195,6 +196,7 @@ def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False, table
             writer.reject(lost_documents(ledger, writer, retry), "pipeline", REJECT_WORKER_CRASHED,
                           f"the worker process died on it {cfg.run.task_retries + 1} times, also alone in "
                           "its batch; its error is in the Ray worker logs")
+        ray.kill(ledger)
         commit = writer.finish(prune=prune, known=known)
         indexes = (build_indexes(cfg, names.chunks, keep_current=True)
                    if cfg.index.after_ingest and commit.table_rows else [])

@@ -206,3 +206,44 @@ def test_a_rerun_that_changes_nothing_keeps_the_indexes(from_scratch):
     assert "full-text index on text" in first["indexes"]
     again = run_ingest(cfg)
     assert "full-text index on text kept: it covers every row" in again["indexes"]
+
+
+def _chunk_row(doc_id: str, index: int, n_chunks: int, dims: int = 8) -> dict:
+    from operators.chunk import chunk_id
+
+    vector = np.zeros(dims, dtype=np.float32)
+    vector[index % dims] = 1.0
+    return {"doc_id": doc_id, "source": f"/src/{doc_id}", "kind": "prose", "text": f"{doc_id} part {index}",
+            "content_hash": "h-" + doc_id, "change": "new", "lang": "en", "route": "direct", "translated": False,
+            "chunk_id": chunk_id(doc_id, index), "chunk_index": index, "n_chunks": n_chunks, "token_count": 3,
+            "vector": vector.tolist(), "model": "m"}
+
+
+def test_table_writer_drops_redelivered_rows_and_rejects_documents_missing_chunks(tmp_path):
+    from babelray.config import SinkConfig
+    from operators.schema import chunk_schema
+    from operators.sink import TableState, TableWriter
+    from operators.summary import RunTally
+    from operators.table_alias import TableNames
+
+    sink = SinkConfig(uri=str(tmp_path / "db"))
+    names = TableNames("chunks", "rejects")
+    tally = RunTally({})
+    writer = TableWriter(sink, names, run_id="run-1", metadata={"fingerprint": "fp", "model": "m", "dimensions": "8"},
+                         dimensions=8, commit_rows=1, tally=tally)
+    schema = chunk_schema(8)
+    # a.txt: chunk 0 twice (a retried task re-delivered it) before chunk 1; b.txt: chunk 1 of 2 never arrives.
+    for rows in ([_chunk_row("a.txt", 0, 2)], [_chunk_row("a.txt", 0, 2), _chunk_row("b.txt", 0, 2)],
+                 [_chunk_row("a.txt", 1, 2)]):
+        writer.add(pa.Table.from_pylist(rows, schema=schema))
+    writer.finish(prune=False, known=TableState.empty())
+
+    db = lancedb.connect(sink.uri)
+    table = db.open_table("chunks").to_arrow()
+    assert sorted(zip(table.column("doc_id").to_pylist(), table.column("chunk_index").to_pylist())) == \
+        [("a.txt", 0), ("a.txt", 1)]
+    assert set(table.column("embedding_fingerprint").to_pylist()) == {"fp"}
+    [reject] = db.open_table("rejects").to_arrow().to_pylist()
+    assert (reject["doc_id"], reject["reason"]) == ("b.txt", "incomplete")
+    summary = tally.summary()
+    assert (summary["documents_embedded"], summary["chunks"], summary["documents_rejected"]) == (1, 2, 1)
