@@ -8,7 +8,7 @@ import logging
 import sys
 
 from babelray.config import Config, ConfigError, load_config
-from operators.table_lock import TableLocked  # stdlib only: keeps the CLI fast to start
+from operators.table_lock import TableLocked, table_lock  # stdlib only: keeps the CLI fast to start
 
 
 def apply_overrides(cfg: Config, input_path: str | None, table: str | None) -> Config:
@@ -56,7 +56,8 @@ def _rollback(args: argparse.Namespace) -> int:
     cfg = apply_overrides(load_config(args.config), None, args.table)
     from operators.table_alias import roll_back
 
-    alias = roll_back(cfg.sink)
+    with table_lock(cfg.sink, "rollback"):  # not under a run that is writing or switching the table
+        alias = roll_back(cfg.sink)
     print(f"{cfg.sink.table} -> {alias['current']['chunks']} (rejects: {alias['current']['rejects']}); "
           f"`babelray rollback` again returns to {alias['previous'][0]['chunks']}")
     return 0

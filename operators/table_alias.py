@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -31,8 +32,6 @@ class TableNames:
 def _alias_location(cfg: SinkConfig) -> tuple[pafs.FileSystem, str]:
     uri = f"{cfg.uri.rstrip('/')}/{ALIAS_FOLDER}/{cfg.table}.json"
     if "://" not in uri:
-        from pathlib import Path
-
         uri = str(Path(uri).absolute())
     return pafs.FileSystem.from_uri(uri)
 
@@ -77,8 +76,8 @@ def switch_to(cfg: SinkConfig, names: TableNames, run_id: str) -> dict:
     """Point `sink.table` at `names`; the tables it pointed at become the first rollback target."""
     current = resolve_tables(cfg)
     alias = read_alias(cfg) or {"previous": []}
-    previous = [asdict(current)] + [entry for entry in alias["previous"] if entry != asdict(names)]
-    alias = {"current": asdict(names), "previous": [entry for entry in previous if entry != asdict(names)],
+    previous = [entry for entry in [asdict(current), *alias["previous"]] if entry != asdict(names)]
+    alias = {"current": asdict(names), "previous": previous,
              "switched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run_id": run_id}
     _write_alias(cfg, alias)
     return alias
