@@ -231,7 +231,8 @@ class TableWriter:
         docs = set(self.pending.missing)
         if docs:
             rows = pa.concat_tables(self.pending.batches)
-            rest = rows.filter(pc.invert(pc.is_in(rows.column("doc_id"), value_set=pa.array(sorted(docs), pa.string()))))
+            lost = pc.is_in(rows.column("doc_id"), value_set=pa.array(sorted(docs), pa.string()))
+            rest = rows.filter(pc.invert(lost))
             self.pending.batches = [rest] if rest.num_rows else []
             self.pending.missing = {}
             self.seen -= docs
@@ -315,7 +316,7 @@ class TableWriter:
             self.pending.batches.append(_mark_incomplete(incomplete, self.pending.missing))
             self.pending.missing = {}
         deleted = (known.documents() - self.seen - set(self.duplicates)) if prune else set()
-        duplicate_rejects = pa.Table.from_pylist([
+        final_rejects = pa.Table.from_pylist([  # ids seen twice, and documents the pipeline lost
             {"doc_id": doc_id, "source": sources[0], "stage": "incremental", "reason": REJECT_DUPLICATE_ID,
              "detail": f"{len(sources) + 1} records in this run have this id (also read from: "
                        f"{', '.join(sorted(set(sources)))}); ids must be unique",
@@ -323,7 +324,7 @@ class TableWriter:
              "rejected_at": datetime.now(timezone.utc)}
             for doc_id, sources in sorted(self.duplicates.items())] + self.late_rejects, schema=REJECTS_SCHEMA)
         self.tally.duplicate_records = sum(len(sources) for sources in self.duplicates.values())
-        self._commit_ready(also_delete=deleted | set(self.duplicates), also_reject=duplicate_rejects)
+        self._commit_ready(also_delete=deleted | set(self.duplicates), also_reject=final_rejects)
         self._write_metadata()
         if self.commits > 1:
             self.table.optimize()  # rounds leave small fragments; compact them once
@@ -340,7 +341,7 @@ class TableWriter:
 def _first_of_each(rows: pa.Table) -> pa.Table:
     """One row per chunk (or per document, for rows that are not chunks)."""
     keys = [chunk or f"{doc}\x00{reason}" for chunk, doc, reason in zip(
-        rows.column("chunk_id").to_pylist(), rows.column("doc_id").to_pylist(), rows.column("reject_reason").to_pylist())]
+        *(rows.column(name).to_pylist() for name in ("chunk_id", "doc_id", "reject_reason")))]
     first: dict[str, int] = {}
     for i, key in enumerate(keys):
         first.setdefault(key, i)
