@@ -100,12 +100,10 @@ class TableState:
                    pa.table({"doc_id": pa.array([], pa.string()), "content_hash": pa.array([], pa.string())}), {})
 
     @classmethod
-    def read(cls, cfg: SinkConfig, names: TableNames) -> TableState:
-        db = connect(cfg)
-        table, rejects = open_table(db, names.chunks), open_table(db, names.rejects)
+    def read(cls, table, rejects) -> TableState:
+        """From the chunks table (with its fingerprint column) and the rejects table, or None."""
         embedded, rejected, tokens = cls.empty().embedded, cls.empty().rejected, {}
         if table is not None:
-            _add_fingerprint_column(table)
             rows = table.to_lance().to_table(columns=[*KNOWN_COLUMNS, "token_count"])
             per_doc = rows.group_by("doc_id").aggregate([("content_hash", "min"), ("embedding_fingerprint", "min"),
                                                          ("token_count", "sum")])
@@ -160,15 +158,16 @@ class _Pending:
 
 
 class TableWriter:
-    """Driver side of the sink: `add` each output batch, then `finish` once."""
+    """Driver side of the sink: `add` each output batch, then `finish` once. Opening it refuses a
+    table of another config, and reads what the table holds (`known`) for the incremental stage;
+    `tally` counts what the run did."""
 
     def __init__(self, cfg: SinkConfig, names: TableNames, *, run_id: str, metadata: dict, dimensions: int,
-                 commit_rows: int, tally: RunTally):
+                 commit_rows: int):
         self.cfg, self.names, self.run_id, self.metadata = cfg, names, run_id, metadata
         self.fingerprint = metadata["fingerprint"]
         self.schema = table_schema(dimensions)
         self.commit_rows = commit_rows
-        self.tally = tally
         self.db = connect(cfg)
         self.table = open_table(self.db, names.chunks)
         if self.table is None:
@@ -179,6 +178,8 @@ class TableWriter:
             check_compatible(self.table, metadata)
             _add_fingerprint_column(self.table)
         self.rejects = open_table(self.db, names.rejects)
+        self.known = TableState.read(self.table, self.rejects)
+        self.tally = RunTally(self.known.tokens)
         self.pending = _Pending()
         self.duplicates: dict[str, list[str]] = {}  # doc_id -> sources of its repeated records
         self.seen: set[str] = set()
@@ -218,25 +219,29 @@ class TableWriter:
             self._commit_ready()
 
     def reject(self, sources: dict[str, str], stage: str, reason: str, detail: str) -> None:
-        """Documents (doc_id -> source) that the pipeline lost, to be rejected in the last commit."""
+        """Documents (doc_id -> source) that never came out of the pipeline whole, to be rejected in
+        the last commit."""
         now = datetime.now(timezone.utc)
         self.seen.update(sources)
         self.late_rejects.extend({"doc_id": doc_id, "source": source, "stage": stage, "reason": reason,
                                   "detail": detail, "content_hash": None, "size_bytes": None, "run_id": self.run_id,
                                   "rejected_at": now} for doc_id, source in sorted(sources.items()))
 
-    def drop_incomplete(self) -> set[str]:
+    def drop_incomplete(self) -> dict[str, tuple[str, int]]:
         """Forget the documents still missing rows (the rest was in a block that failed), so that they
-        count as lost and are read again whole."""
-        docs = set(self.pending.missing)
-        if docs:
-            rows = pa.concat_tables(self.pending.batches)
-            lost = pc.is_in(rows.column("doc_id"), value_set=pa.array(sorted(docs), pa.string()))
-            rest = rows.filter(pc.invert(lost))
-            self.pending.batches = [rest] if rest.num_rows else []
-            self.pending.missing = {}
-            self.seen -= docs
-        return docs
+        count as lost and can be read again whole. Returns doc_id -> (source, chunks missing)."""
+        if not self.pending.missing:
+            return {}
+        rows = pa.concat_tables(self.pending.batches)
+        lost = pc.is_in(rows.column("doc_id"), value_set=pa.array(sorted(self.pending.missing), pa.string()))
+        lost_rows = rows.filter(lost)
+        sources = dict(zip(lost_rows.column("doc_id").to_pylist(), lost_rows.column("source").to_pylist()))
+        dropped = {doc_id: (sources[doc_id], len(missing)) for doc_id, missing in self.pending.missing.items()}
+        rest = rows.filter(pc.invert(lost))
+        self.pending.batches = [rest] if rest.num_rows else []
+        self.pending.missing = {}
+        self.seen -= set(dropped)
+        return dropped
 
     # ------------------------------------------------------------------ commits
 
@@ -304,25 +309,17 @@ class TableWriter:
         if gone:
             self.rejects.delete(_sql_in("doc_id", gone))
 
-    def finish(self, *, prune: bool, known: TableState) -> CommitResult:
+    def finish(self, *, prune: bool) -> CommitResult:
         """Commit the rest. A document still missing rows (a lost block) is rejected, not dropped."""
-        if self.pending.missing:
-            rows = pa.concat_tables(self.pending.batches)
-            for doc_id, missing in self.pending.missing.items():
-                logger.error("document %s lacks %d chunks at the end of the run", doc_id, len(missing))
-            self.pending.ready_docs |= set(self.pending.missing)
-            incomplete = rows.filter(pc.is_in(rows.column("doc_id"),
-                                              value_set=pa.array(sorted(self.pending.missing), pa.string())))
-            self.pending.batches.append(_mark_incomplete(incomplete, self.pending.missing))
-            self.pending.missing = {}
-        deleted = (known.documents() - self.seen - set(self.duplicates)) if prune else set()
-        final_rejects = pa.Table.from_pylist([  # ids seen twice, and documents the pipeline lost
-            {"doc_id": doc_id, "source": sources[0], "stage": "incremental", "reason": REJECT_DUPLICATE_ID,
-             "detail": f"{len(sources) + 1} records in this run have this id (also read from: "
-                       f"{', '.join(sorted(set(sources)))}); ids must be unique",
-             "content_hash": None, "size_bytes": None, "run_id": self.run_id,
-             "rejected_at": datetime.now(timezone.utc)}
-            for doc_id, sources in sorted(self.duplicates.items())] + self.late_rejects, schema=REJECTS_SCHEMA)
+        for doc_id, (source, missing) in self.drop_incomplete().items():
+            logger.error("document %s lacks %d chunks at the end of the run", doc_id, missing)
+            self.reject({doc_id: source}, "sink", REJECT_INCOMPLETE, f"{missing} of its chunks never reached the sink")
+        for doc_id, sources in sorted(self.duplicates.items()):
+            self.reject({doc_id: sources[0]}, "incremental", REJECT_DUPLICATE_ID,
+                        f"{len(sources) + 1} records in this run have this id (also read from: "
+                        f"{', '.join(sorted(set(sources)))}); ids must be unique")
+        deleted = (self.known.documents() - self.seen - set(self.duplicates)) if prune else set()
+        final_rejects = pa.Table.from_pylist(self.late_rejects, schema=REJECTS_SCHEMA)
         self.tally.duplicate_records = sum(len(sources) for sources in self.duplicates.values())
         self._commit_ready(also_delete=deleted | set(self.duplicates), also_reject=final_rejects)
         self._write_metadata()
@@ -362,18 +359,3 @@ def _reject_records(rows: pa.Table, run_id: str) -> pa.Table:
                 "run_id": run_id, "rejected_at": now,
             })
     return pa.Table.from_pylist(list(by_doc.values()), schema=REJECTS_SCHEMA)
-
-
-def _mark_incomplete(rows: pa.Table, missing: dict[str, set[int]]) -> pa.Table:
-    first = {}
-    for i, doc_id in enumerate(rows.column("doc_id").to_pylist()):
-        first.setdefault(doc_id, i)
-    keep = rows.take(sorted(first.values()))
-    details = [f"{len(missing[doc_id])} of its chunks never reached the sink"
-               for doc_id in keep.column("doc_id").to_pylist()]
-    for name, values in (("chunk_id", [None] * keep.num_rows),  # the document's reject, not a chunk
-                         ("reject_stage", ["sink"] * keep.num_rows),
-                         ("reject_reason", [REJECT_INCOMPLETE] * keep.num_rows),
-                         ("reject_detail", details)):
-        keep = keep.set_column(keep.schema.get_field_index(name), name, pa.array(values, pa.string()))
-    return keep

@@ -71,8 +71,8 @@ class RunTally:
             "documents_by_route": dict(sorted(Counter(doc["route"] for doc in embedded).items())),
             "documents_translated": sum(1 for doc in embedded if doc["translated"]),
             # Routed to translation, embedded as they are: translation off, or failed (route direct_fallback).
-            "documents_untranslated": sum(1 for doc in embedded if doc["route"] in (ROUTE_TRANSLATE, ROUTE_DIRECT_FALLBACK)
-                                          and not doc["translated"]),
+            "documents_untranslated": sum(1 for doc in embedded if not doc["translated"]
+                                          and doc["route"] in (ROUTE_TRANSLATE, ROUTE_DIRECT_FALLBACK)),
             "translation_failures": dict(Counter(doc["translation_error"] for doc in embedded
                                                  if doc["translation_error"])),
         }

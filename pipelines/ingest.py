@@ -31,7 +31,7 @@ from operators.read import ReadSources, list_sources
 from operators.route import RouteDocuments
 from operators.schema import REJECT_WORKER_CRASHED
 from operators.sink import TableState, TableWriter, connect, open_table, read_table_metadata, table_uri
-from operators.summary import RunTally, write_summary
+from operators.summary import write_summary
 from operators.table_alias import TableNames, resolve_tables, switch_to, versioned_names
 from operators.table_lock import table_lock
 from operators.translate import TranslateDocuments, assert_models_available
@@ -180,30 +180,30 @@ def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False, table
 
     with table_lock(cfg.sink, run_id):  # one writer per table, from reading its state to the switch
         names = tables or resolve_tables(cfg.sink)
-        known = TableState.read(cfg.sink, names)
-        tally = RunTally(known.tokens)
         writer = TableWriter(cfg.sink, names, run_id=run_id, metadata=metadata, dimensions=dimensions,
-                             commit_rows=cfg.run.commit_rows, tally=tally)  # refuses another config's table
+                             commit_rows=cfg.run.commit_rows)  # refuses another config's table
+        known = writer.known
         ledger, has_gpus = RunLedger.remote(), cluster_has_gpus()
         with failure_budget(cfg):
             stream_into(writer, sources, stages(cfg, has_gpus, known, ledger))
         lost = lost_documents(ledger, writer, sources)
         if lost:  # a worker died on their block, retries included: find the culprit, spare the rest
             logger.warning("%d documents were in blocks whose worker died; retrying them one at a time", len(lost))
-            retry = [row for row in sources if row["doc_id"] in lost or row["fs_path"] in set(lost.values())]
+            lost_paths = set(lost.values())
+            retry = [row for row in sources if row["doc_id"] in lost or row["fs_path"] in lost_paths]
             with failure_budget(cfg, one_row_blocks=True):
                 stream_into(writer, retry, stages(isolated(cfg), has_gpus, known, ledger, frozenset(lost)))
             writer.reject(lost_documents(ledger, writer, retry), "pipeline", REJECT_WORKER_CRASHED,
                           f"the worker process died on it {cfg.run.task_retries + 1} times, also alone in "
                           "its batch; its error is in the Ray worker logs")
         ray.kill(ledger)
-        commit = writer.finish(prune=prune, known=known)
+        commit = writer.finish(prune=prune)
         indexes = (build_indexes(cfg, names.chunks, keep_current=True)
                    if cfg.index.after_ingest and commit.table_rows else [])
         alias = switch_to(cfg.sink, names, run_id) if switch else None
 
     wall = time.perf_counter() - started
-    summary = tally.summary()
+    summary = writer.tally.summary()
     summary.update({
         "run_id": run_id,
         "table": table_uri(cfg.sink, names.chunks),

@@ -21,7 +21,7 @@ from babelray.config import Config
 from babelray.embedding_model import EmbeddingModel, load_model_spec
 from operators.langid import DetectLanguage
 from operators.route import RouteDocuments
-from operators.schema import ROUTE_TRANSLATE
+from operators.schema import FINGERPRINT_FIELD, ROUTE_TRANSLATE
 from operators.sink import connect, read_table_metadata
 from operators.table_alias import resolve_tables
 
@@ -207,10 +207,11 @@ def build_ann_index(table, ann_type: str) -> str:
 
 def _refuse_mixed_fingerprints(table, metadata: dict) -> None:
     """Rows embedded with another config than the table's are on another scale: refuse, do not rank them."""
-    if "embedding_fingerprint" not in table.schema.names:
+    column = FINGERPRINT_FIELD.name
+    if column not in table.schema.names:
         return  # written before rows carried it: one config by construction (runs refused others)
     fingerprint = str(metadata.get("fingerprint", "")).replace("'", "''")
-    others = table.count_rows(f"embedding_fingerprint IS NULL OR embedding_fingerprint != '{fingerprint}'")
+    others = table.count_rows(f"{column} IS NULL OR {column} != '{fingerprint}'")
     if others:
         raise ValueError(f"table {table.name!r} mixes vectors of several configs ({others} rows were not embedded "
                          f"with its fingerprint {fingerprint}): re-embed it (`babelray reembed`) before searching")
@@ -220,7 +221,7 @@ def build_indexes(cfg: Config, table_name: str | None = None, keep_current: bool
     """Full-text indexes on the chunk text and the original of translated chunks; an ANN index
     once the table is big enough for it to beat exact search. Returns what was done.
     `table_name`: a physical table; default: the one `sink.table` points at. `keep_current`: leave
-    a full-text index that already covers every row (a re-run that changed nothing)."""
+    an index that already covers every row (a re-run that changed nothing)."""
     table = connect(cfg.sink).open_table(table_name or resolve_tables(cfg.sink).chunks)
     done = []
     current = {tuple(index.columns) for index in table.list_indices()

@@ -222,21 +222,19 @@ def _chunk_row(doc_id: str, index: int, n_chunks: int, dims: int = 8) -> dict:
 def test_table_writer_drops_redelivered_rows_and_rejects_documents_missing_chunks(tmp_path):
     from babelray.config import SinkConfig
     from operators.schema import chunk_schema
-    from operators.sink import TableState, TableWriter
-    from operators.summary import RunTally
+    from operators.sink import TableWriter
     from operators.table_alias import TableNames
 
     sink = SinkConfig(uri=str(tmp_path / "db"))
     names = TableNames("chunks", "rejects")
-    tally = RunTally({})
     writer = TableWriter(sink, names, run_id="run-1", metadata={"fingerprint": "fp", "model": "m", "dimensions": "8"},
-                         dimensions=8, commit_rows=1, tally=tally)
+                         dimensions=8, commit_rows=1)
     schema = chunk_schema(8)
     # a.txt: chunk 0 twice (a retried task re-delivered it) before chunk 1; b.txt: chunk 1 of 2 never arrives.
     for rows in ([_chunk_row("a.txt", 0, 2)], [_chunk_row("a.txt", 0, 2), _chunk_row("b.txt", 0, 2)],
                  [_chunk_row("a.txt", 1, 2)]):
         writer.add(pa.Table.from_pylist(rows, schema=schema))
-    writer.finish(prune=False, known=TableState.empty())
+    writer.finish(prune=False)
 
     db = lancedb.connect(sink.uri)
     table = db.open_table("chunks").to_arrow()
@@ -245,5 +243,5 @@ def test_table_writer_drops_redelivered_rows_and_rejects_documents_missing_chunk
     assert set(table.column("embedding_fingerprint").to_pylist()) == {"fp"}
     [reject] = db.open_table("rejects").to_arrow().to_pylist()
     assert (reject["doc_id"], reject["reason"]) == ("b.txt", "incomplete")
-    summary = tally.summary()
+    summary = writer.tally.summary()
     assert (summary["documents_embedded"], summary["chunks"], summary["documents_rejected"]) == (1, 2, 1)
