@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 
-from babelray.config import Config, ConfigError, load_config
+from babelray.config import DURATION, Config, ConfigError, load_config, load_drift_config
 from operators.table_lock import TableLocked, table_lock  # stdlib only: keeps the CLI fast to start
 
 
@@ -63,6 +64,27 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drift(args: argparse.Namespace) -> int:
+    drift, cfg = load_drift_config(args.config)
+    if args.table:
+        cfg = apply_overrides(cfg, None, args.table)
+    from pipelines.drift import run_drift, run_every
+
+    if args.every:
+        try:
+            run_every(drift, cfg, args.every)
+        except KeyboardInterrupt:  # how a loop in a terminal ends
+            pass
+        return 0
+    result = run_drift(drift, cfg, save_baseline=args.save_baseline)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+    else:
+        print(open(result["files"]["markdown"], encoding="utf-8").read())
+        print("\n".join(f"wrote {path}" for path in result["files"].values()))
+    return result["run"]["exit_code"]
+
+
 def _search(args: argparse.Namespace) -> int:
     cfg = apply_overrides(load_config(args.config), None, args.table)
     from pipelines.search import Searcher
@@ -106,6 +128,12 @@ def _eval(args: argparse.Namespace) -> int:
 TABLE_HELP = "override the table: a name, or <db uri>/<name>"
 
 
+def _duration(text: str) -> str:
+    if not re.match(DURATION, text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number and s, m, h or d, e.g. 6h")
+    return text
+
+
 def _table_command(commands, name: str, help: str, handler, config_help: str | None = None):
     """A subcommand that takes a config and may override the table."""
     command = commands.add_parser(name, help=help)
@@ -143,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--k", type=int, default=10)
     search.add_argument("--lang", help="only chunks in this language (ISO 639-1, or 'code')")
     search.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    drift = _table_command(commands, "drift", "vector-distribution drift of the table: history, report, exit 4 "
+                           "on an alert", _drift, "drift config (see docs/drift.md); it names the ingest config")
+    once_or_loop = drift.add_mutually_exclusive_group()
+    once_or_loop.add_argument("--save-baseline", action="store_true",
+                              help="sample the whole table as the reference of window.split: baseline (and accept it)")
+    once_or_loop.add_argument("--every", type=_duration, help="run forever, one run per period (e.g. 6h, 30m)")
+    drift.add_argument("--json", action="store_true", help="print the report as JSON")
 
     _table_command(commands, "index", "build full-text indexes, and the ANN index once it pays off", _index)
 

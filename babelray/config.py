@@ -215,6 +215,131 @@ class Config(_Section):
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+DURATION = r"^[1-9][0-9]*[smhd]$"
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '6h', '7d' -> seconds."""
+    return float(text[:-1]) * _DURATION_SECONDS[text[-1]]
+
+
+class Band(_Section):
+    """Where a statistic turns from healthy to warning to alert. Whether high or low values
+    are bad is the statistic's own (see docs/drift.md); `warn` lies on the healthy side of `alert`."""
+
+    warn: float
+    alert: float
+
+
+class DriftWindowConfig(_Section):
+    split: Literal["version", "embedded_at", "baseline"] = Field(
+        "version", description="version: rows embedded after the reference table version vs the rows it held; "
+        "embedded_at: the last `current_period` vs the `reference_period` before it; baseline: the snapshot "
+        "saved by `babelray drift --save-baseline` vs rows embedded after it.")
+    reference_version: int | None = Field(
+        None, ge=1, description="version split: the table version to compare with; None = the version the "
+        "last healthy run (or the last saved baseline) looked at.")
+    current_period: str = Field("24h", pattern=DURATION, description="embedded_at split: the current window.")
+    reference_period: str = Field("30d", pattern=DURATION,
+                                  description="embedded_at split: the reference window, just before the current one.")
+
+
+class DriftSampleConfig(_Section):
+    rows_per_group: int = Field(2000, ge=50, description="Vectors sampled per window and per language/route "
+                                "group (deterministic bottom-k by hash of chunk_id): driver memory is bounded by "
+                                "groups x rows x dimensions x 4 bytes.")
+    seed: int = Field(0, description="Seed of the sample hash, the bootstraps and the permutations.")
+    min_rows: int = Field(30, ge=5, description="Two-sample tests need this many sampled rows in both windows; "
+                          "a smaller group is reported as skipped.")
+    kernel_rows: int = Field(1000, ge=50, description="Rows per window in the MMD kernel matrix.")
+    permutations: int = Field(200, ge=20, description="Permutations of the MMD test.")
+    bootstraps: int = Field(500, ge=50, description="Bootstrap draws for the centroid-shift threshold.")
+
+
+def _band(warn: float, alert: float, description: str):
+    return Field(default_factory=lambda: Band(warn=warn, alert=alert), description=description)
+
+
+# Statistics for which a low value is bad; for the others a high value is.
+LOW_IS_BAD = frozenset({"consecutive_cosine_mean", "consecutive_cosine_min", "probe_stability"})
+
+
+class DriftThresholds(_Section):
+    raw_norm_cv: Band = _band(0.05, 0.1, description="Std of raw_norm / its mean (high is bad).")
+    consecutive_cosine_mean: Band = _band(0.85, 0.7,
+                                          description="Mean cosine of consecutive vectors in ingest order (low is bad).")
+    consecutive_cosine_min: Band = _band(0.6, 0.4, description="Its minimum (low is bad).")
+    raw_norm_mean_change: Band = _band(0.05, 0.1,
+                                       description="abs(mean raw_norm now / reference - 1) (high is bad).")
+    centroid_shift_ratio: Band = _band(1.0, 1.5, description="Cosine distance between the window "
+                                       "means / its bootstrap (1 - alpha) quantile under no drift (high is bad).")
+    mmd2: Band = _band(0.005, 0.02, description="MMD^2 (RBF kernel); counts only when its "
+                       "permutation p-value < alpha (high is bad).")
+    drifted_dimensions_share: Band = _band(0.05, 0.2, description="Share of dimensions whose "
+                                           "KS test rejects at FDR alpha (high is bad).")
+    domain_classifier_auc: Band = _band(0.65, 0.8, description="Cross-validated AUC of a logistic "
+                                        "regression telling the windows apart; 0.5 = no drift (high is bad).")
+    language_mix_distance: Band = _band(0.15, 0.3, description="Total variation distance between "
+                                        "the windows' language shares (high is bad).")
+    new_models: Band = _band(0.5, 0.5, "Model/fingerprint pairs in the current window that the reference lacks: "
+                             "one is an alert (high is bad).")
+    probe_alignment_drop: Band = _band(0.02, 0.05, description="Mean cosine between the probe's "
+                                       "translations, reference run minus now (high is bad).")
+    probe_stability: Band = _band(0.995, 0.98, description="Mean cosine of each probe sentence's "
+                                  "vector now with the reference run's: 1 = same model (low is bad).")
+    alpha: float = Field(0.01, gt=0, lt=0.5, description="Significance level of the tests (FDR level of the "
+                         "per-dimension test).")
+
+    @model_validator(mode="after")
+    def _warn_before_alert(self):
+        for name in type(self).model_fields:
+            band = getattr(self, name)
+            if isinstance(band, Band) and (band.warn < band.alert if name in LOW_IS_BAD else band.warn > band.alert):
+                side = "above" if name in LOW_IS_BAD else "below"
+                raise ValueError(f"{name}: warn must lie {side} alert (low values are "
+                                 f"{'bad' if name in LOW_IS_BAD else 'healthy'})")
+        return self
+
+    def band(self, statistic: str) -> Band | None:
+        value = getattr(self, statistic, None)
+        return value if isinstance(value, Band) else None
+
+
+class DriftProbeConfig(_Section):
+    enabled: bool = Field(True, description="Embed the parallel probe sentences with the table's model each run.")
+    sentences: str | None = Field(None, description="JSON file {id: {lang: text}}; None = the built-in set "
+                                  "(babelray/drift/probe_sentences.json).")
+
+
+class DriftActionsConfig(_Section):
+    webhook_url_env: str | None = Field(None, description="Name of the environment variable holding the webhook "
+                                        "URL (webhook URLs carry their secret, so not the URL itself).")
+    webhook_on: list[Literal["alert", "warn", "healthy"]] = Field(
+        default_factory=lambda: ["alert"], description="Statuses that POST the JSON summary.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    on_alert: Literal["none", "reembed"] = Field(
+        "none", description="reembed: re-embed the documents of the alerting slice (its language/route in the "
+        "current window; every document for a table-wide alert) with the ingest config.")
+    reembed_max_documents: int = Field(10_000, ge=1, description="A larger slice is not re-embedded automatically "
+                                       "(the report says so): that is a decision for a person.")
+
+
+class DriftConfig(_Section):
+    name: str = Field("drift", description="Shown in logs and reports.")
+    ingest_config: str = Field(..., description="The ingest config (path relative to this file): the table, its "
+                               "model, and what a re-embedding runs with.")
+    history_table: str = Field("drift_history", pattern=r"^[A-Za-z0-9_.-]+$",
+                               description="LanceDB table (next to the chunks table) of one row per statistic per run.")
+    report_dir: str = Field("./runs/drift", description="Each run writes <report_dir>/<run_id>/ "
+                            "(report.json, report.md, history.png, projection.png).")
+    window: DriftWindowConfig = Field(default_factory=DriftWindowConfig, description="Reference vs current.")
+    sample: DriftSampleConfig = Field(default_factory=DriftSampleConfig, description="Bounded samples and test sizes.")
+    thresholds: DriftThresholds = Field(default_factory=DriftThresholds, description="Alert bands.")
+    probe: DriftProbeConfig = Field(default_factory=DriftProbeConfig, description="Cross-lingual probe.")
+    actions: DriftActionsConfig = Field(default_factory=DriftActionsConfig, description="What an alert does.")
+
+
 def _format_error(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
     for item in err.errors():
@@ -235,15 +360,35 @@ def parse_config(data: dict, source: str = "<dict>") -> Config:
         raise ConfigError(_format_error(source, err)) from None
 
 
-def load_config(path: str | Path) -> Config:
-    path = Path(path)
+def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config {path} is not valid YAML: {err}") from None
-    return parse_config(data or {}, str(path))
+    return data or {}
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    return parse_config(_read_yaml(path), str(path))
+
+
+def load_drift_config(path: str | Path) -> tuple[DriftConfig, Config]:
+    """The drift config and the ingest config it names (relative to the drift file)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {path}: top level must be a mapping")
+    try:
+        drift = DriftConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(str(path), err)) from None
+    ingest_path = path.parent / drift.ingest_config
+    if not ingest_path.exists():
+        raise ConfigError(f"invalid config {path}:\n  ingest_config: {ingest_path} does not exist")
+    return drift, load_config(ingest_path)
 
 
 def render_reference() -> str:
@@ -257,7 +402,7 @@ def render_reference() -> str:
         rows, nested = [], []
         for name, field in model.model_fields.items():
             annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation is not Band:
                 # A section's own defaults (e.g. 0.25 CPUs for language ID) beat the class defaults.
                 sub_defaults = getattr(defaults, name) if defaults else (
                     field.default_factory() if field.default_factory else None)
@@ -271,7 +416,7 @@ def render_reference() -> str:
             else:
                 default = repr(field.default_factory() if field.default_factory else field.default)
             type_name = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-            type_name = type_name.replace("|", "\\|")  # inside a Markdown table
+            type_name = type_name.replace("babelray.config.", "").replace("__main__.", "").replace("|", "\\|")  # inside a Markdown table
             rows.append(f"| `{prefix}{name}` | `{type_name}` | `{default}` | {field.description or ''} |")
         lines.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "",
                       "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
@@ -279,6 +424,10 @@ def render_reference() -> str:
             section(sub, sub_prefix, sub_defaults)
 
     section(Config, "", None)
+    lines.extend(["# Drift config reference", "",
+                  "`babelray drift --config configs/drift.yaml` (see docs/drift.md). A `Band` is "
+                  "`{warn: x, alert: y}`.", ""])
+    section(DriftConfig, "", None)
     return "\n".join(lines)
 
 

@@ -43,9 +43,10 @@ def local_config(tmp: Path, paths: list[Path], db: str = "lancedb"):
     return cfg
 
 
-def build_tiny_qwen3(folder: Path) -> Path:
+def build_tiny_qwen3(folder: Path, seed: int = 0, hidden_size: int = 64) -> Path:
     """A random-weight Qwen3Model with the real Qwen3 tokenizer, laid out like
-    Qwen/Qwen3-Embedding-* (last-token pooling, left padding, query prompt)."""
+    Qwen/Qwen3-Embedding-* (last-token pooling, left padding, query prompt). Another seed
+    gives other weights in the same folder: a model that changed under the same name."""
     import torch
     from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
 
@@ -53,8 +54,8 @@ def build_tiny_qwen3(folder: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir())
     tokenizer.padding_side = "left"
     tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+    torch.manual_seed(seed)
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                          max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)
     Qwen3Model(config).eval().save_pretrained(folder)
@@ -66,7 +67,7 @@ def build_tiny_qwen3(folder: Path) -> Path:
     (folder / "1_Pooling").mkdir(exist_ok=True)
     # The legacy flag format, as the real Qwen3-Embedding repositories have it.
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": 64, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+        "word_embedding_dimension": hidden_size, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
         "pooling_mode_max_tokens": False, "pooling_mode_lasttoken": True, "include_prompt": True}))
     (folder / "2_Normalize").mkdir(exist_ok=True)
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 1024, "do_lower_case": False}))
@@ -74,6 +75,76 @@ def build_tiny_qwen3(folder: Path) -> Path:
         "prompts": {"query": QWEN3_QUERY_PROMPT, "document": ""}, "default_prompt_name": None,
         "similarity_fn_name": "cosine"}))
     return folder
+
+
+class SyntheticSpace:
+    """Unit vectors that look like an embedding table: one cluster per language around a shared
+    direction (embedding spaces are anisotropic), for drift tests and the drift benchmark."""
+
+    def __init__(self, dimensions: int, languages: list[str], seed: int = 0):
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        shared = rng.standard_normal(dimensions)
+        self.languages = languages
+        # Cosines near those of multilingual-e5-small: about 0.9 within a language, 0.8 across.
+        self.centers = 2.5 * shared / np.linalg.norm(shared) + rng.standard_normal((len(languages), dimensions)) / \
+            np.sqrt(dimensions)
+        self.dimensions = dimensions
+
+    def sample(self, rng, rows: int, weights=None):
+        """(vectors, langs) in ingest order (one language after the other, as documents arrive by
+        folder); `weights` are the language shares (uniform when None)."""
+        import numpy as np
+
+        which = np.sort(rng.choice(len(self.languages), rows, p=weights))
+        vectors = self.centers[which] + 0.8 * rng.standard_normal((rows, self.dimensions)) / np.sqrt(self.dimensions)
+        return normalize(vectors), [self.languages[i] for i in which]
+
+
+def normalize(vectors):
+    import numpy as np
+
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_vector_rows(db_uri: str, table: str, vectors, langs: list[str], embedded_at, *, model: str,
+                      metadata: dict | None = None, routes: list[str] | None = None, fingerprint: str = "synthetic",
+                      doc_prefix: str = "doc", raw_norms=None) -> None:
+    """Append rows with these vectors to a chunks table (created with the pipeline's schema and
+    `metadata` when missing), as an ingest run would leave them; one document per row."""
+    import json
+
+    import lancedb
+    import numpy as np
+    import pyarrow as pa
+
+    from operators.schema import table_schema
+    from operators.sink import TABLE_METADATA_KEY
+
+    rows, dimensions = len(vectors), vectors.shape[1]
+    schema = table_schema(dimensions)
+    ids = [f"{doc_prefix}-{i}" for i in range(rows)]
+    rng = np.random.default_rng(rows)
+    columns = {name: pa.nulls(rows, schema.field(name).type) for name in schema.names}
+    columns.update({
+        "doc_id": pa.array(ids), "source": pa.array(ids), "kind": pa.array(["prose"] * rows),
+        "text": pa.array([f"text of {i}" for i in ids]), "content_hash": pa.array(ids), "lang": pa.array(langs),
+        "route": pa.array(routes or ["direct"] * rows), "chunk_id": pa.array([f"{i}#0" for i in ids]),
+        "chunk_index": pa.array([0] * rows, pa.int32()), "n_chunks": pa.array([1] * rows, pa.int32()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), dimensions),
+        "raw_norm": pa.array(raw_norms if raw_norms is not None else rng.normal(5.0, 0.1, rows), pa.float32()),
+        "model": pa.array([model] * rows), "embedded_at": pa.array([embedded_at] * rows, schema.field("embedded_at").type),
+        "embedding_fingerprint": pa.array([fingerprint] * rows),
+    })
+    data = pa.table(columns, schema=schema)
+    db = lancedb.connect(db_uri)
+    try:
+        db.open_table(table).add(data)
+    except ValueError:
+        metadata = {"model": model, "dimensions": str(dimensions), "fingerprint": fingerprint, **(metadata or {})}
+        db.create_table(table, data).to_lance().update_schema_metadata(
+            {TABLE_METADATA_KEY.decode(): json.dumps(metadata, sort_keys=True)})
 
 
 def build_tiny_marian(folder: Path) -> Path:

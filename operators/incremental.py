@@ -50,12 +50,15 @@ class RunLedger:
 
 
 class ClassifyChanges:
-    def __init__(self, embedded: pa.Table, rejected: pa.Table, fingerprint: str, ledger=None):
+    def __init__(self, embedded: pa.Table, rejected: pa.Table, fingerprint: str, ledger=None,
+                 redo: frozenset[str] = frozenset()):
         """`embedded`: one row per document in the chunks table (KNOWN_COLUMNS); `rejected`: doc_id and
         content_hash of the documents in the rejects table; `fingerprint`: this run's config fingerprint;
-        `ledger`: a RunLedger handle, or None."""
+        `ledger`: a RunLedger handle, or None; `redo`: ids embedded again even when unchanged
+        (the drift job's re-embedding of a drifted slice)."""
         self.fingerprint = fingerprint
         self.ledger = ledger
+        self.redo = redo
         self.embedded = {doc_id: (content, config) for doc_id, content, config in zip(
             *(embedded.column(name).to_pylist() for name in KNOWN_COLUMNS))}
         self.rejected = dict(zip(rejected.column("doc_id").to_pylist(), rejected.column("content_hash").to_pylist()))
@@ -72,7 +75,7 @@ class ClassifyChanges:
 
     def skips(self, doc_id: str, content_hash: str | None) -> bool:
         """Embedded before from the same content with the same config: nothing to do."""
-        return self.embedded.get(doc_id) == (content_hash, self.fingerprint)
+        return doc_id not in self.redo and self.embedded.get(doc_id) == (content_hash, self.fingerprint)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         columns = {name: batch.column(name).to_pylist()

@@ -78,6 +78,14 @@ def read_table_metadata(table) -> dict:
     return json.loads(raw) if raw else {}
 
 
+def require_model(table_name: str, metadata: dict, model: str, dimensions: int) -> None:
+    """Vectors are only comparable with the model and size the table was embedded with."""
+    for key, value in {"model": model, "dimensions": str(dimensions)}.items():
+        if metadata.get(key) != value:
+            raise ValueError(f"table {table_name!r} was embedded with {key}={metadata.get(key)!r}, the config asks "
+                             f"for {value!r}: use the table's own model and size")
+
+
 def _sql_in(column: str, values) -> str:
     """`column IN (...)` in slices OR-ed together, so no single list grows huge; 'false' when empty."""
     quoted = ["'" + value.replace("'", "''") + "'" for value in sorted(values)]

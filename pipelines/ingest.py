@@ -63,24 +63,26 @@ class Stage:
 
 
 def stages(cfg: Config, has_gpus: bool | None, known: TableState | None = None, ledger=None,
-           only_docs: frozenset[str] | None = None) -> list[Stage]:
+           only_docs: frozenset[str] | None = None, redo: frozenset[str] = frozenset(),
+           isolate: bool = False) -> list[Stage]:
     """`known`: what the target table holds (None in a dry run: everything counts as new);
-    `ledger`: the run's RunLedger; `only_docs`: read only these ids (the retry of lost documents)."""
+    `ledger`: the run's RunLedger; `only_docs`: read only these ids; `redo`: embed these even when
+    unchanged; `isolate`: one document per task (the retry of documents a crashed worker lost)."""
     known = known or TableState.empty()
     retries = cfg.run.task_retries
 
     def actors(resources):
-        return actor_options(resources, has_gpus, retries, one_task_at_a_time=only_docs is not None)
+        return actor_options(resources, has_gpus, retries, one_task_at_a_time=isolate)
 
     return [
         Stage("read", read_sources, {"fn_kwargs": {"input_cfg": cfg.input, "only_docs": only_docs},
-                                     "batch_size": 8 if only_docs is None else 1, "batch_format": "pyarrow",
+                                     "batch_size": 1 if isolate else 8, "batch_format": "pyarrow",
                                      "num_cpus": LIGHT_TASK_CPUS, "max_retries": retries}),
         # One actor: it must see every id of the run to find duplicates; a lookup per document is cheap.
         # Its CPU share also differs from the read tasks': Ray Data fuses a task stage into the next
         # actor stage when their resources match, which would make this one actor do all reading.
         Stage("incremental", ClassifyChanges, {"fn_constructor_args": (known.embedded, known.rejected,
-                                                                       cfg.fingerprint(), ledger),
+                                                                       cfg.fingerprint(), ledger, redo),
                                                "compute": ray.data.ActorPoolStrategy(size=1),
                                                "num_cpus": INCREMENTAL_CPUS, "batch_size": None,
                                                "batch_format": "pyarrow"}),  # blocks as the reads made them
@@ -158,13 +160,18 @@ def describe_plan(cfg: Config, sources: list[dict], plan: list[Stage]) -> str:
 
 
 def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False, tables: TableNames | None = None,
-               switch: bool = False) -> dict | str:
+               switch: bool = False, redo: frozenset[str] | None = None) -> dict | str:
     """Run the job; returns the summary (or, with dry_run, the plan without starting work).
     `prune`: the input is the complete source, so documents the table holds but the run did not
     see are deleted in its last commit. `tables`: write there instead of where `sink.table` points;
-    with `switch`, point `sink.table` at them once they are complete (a re-embedding)."""
+    with `switch`, point `sink.table` at them once they are complete (a re-embedding). `redo`: embed
+    only these documents, also when unchanged (the drift job's re-embedding of a slice)."""
+    if redo is not None and prune:
+        raise ValueError("a run that re-embeds some documents does not see the complete source: no prune")
+    redo_ids = redo or frozenset()
     started = time.perf_counter()
-    sources = [row for path in cfg.input.paths for row in list_sources(path, cfg.input)]
+    sources = [row for path in cfg.input.paths for row in list_sources(path, cfg.input)
+               if redo is None or row["format"] != "folder" or row["doc_id"] in redo]
     spec = load_model_spec(cfg.embedding)
     if cfg.translation.enabled and cfg.translation.fail_on_missing_model:
         assert_models_available(cfg.translation)  # before any work starts
@@ -185,14 +192,15 @@ def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False, table
         known = writer.known
         ledger, has_gpus = RunLedger.remote(), cluster_has_gpus()
         with failure_budget(cfg):
-            stream_into(writer, sources, stages(cfg, has_gpus, known, ledger))
+            stream_into(writer, sources, stages(cfg, has_gpus, known, ledger, redo, redo_ids))
         lost = lost_documents(ledger, writer, sources)
         if lost:  # a worker died on their block, retries included: find the culprit, spare the rest
             logger.warning("%d documents were in blocks whose worker died; retrying them one at a time", len(lost))
             lost_paths = set(lost.values())
             retry = [row for row in sources if row["doc_id"] in lost or row["fs_path"] in lost_paths]
             with failure_budget(cfg, one_row_blocks=True):
-                stream_into(writer, retry, stages(isolated(cfg), has_gpus, known, ledger, frozenset(lost)))
+                stream_into(writer, retry, stages(isolated(cfg), has_gpus, known, ledger, frozenset(lost), redo_ids,
+                                                  isolate=True))
             writer.reject(lost_documents(ledger, writer, retry), "pipeline", REJECT_WORKER_CRASHED,
                           f"the worker process died on it {cfg.run.task_retries + 1} times, also alone in "
                           "its batch; its error is in the Ray worker logs")

@@ -22,7 +22,7 @@ from babelray.embedding_model import EmbeddingModel, load_model_spec
 from operators.langid import DetectLanguage
 from operators.route import RouteDocuments
 from operators.schema import FINGERPRINT_FIELD, ROUTE_TRANSLATE
-from operators.sink import connect, read_table_metadata
+from operators.sink import connect, read_table_metadata, require_model
 from operators.table_alias import resolve_tables
 
 logger = logging.getLogger(__name__)
@@ -68,11 +68,7 @@ class Searcher:
         self.metadata = read_table_metadata(self.table)
         _refuse_mixed_fingerprints(self.table, self.metadata)
         spec = model.spec if model is not None else load_model_spec(cfg.embedding)
-        wanted = {"model": cfg.embedding.model, "dimensions": str(spec.dimensions(cfg.embedding))}
-        for key, value in wanted.items():
-            if self.metadata.get(key) != value:
-                raise ValueError(f"table {cfg.sink.table!r} was embedded with {key}={self.metadata.get(key)!r}, "
-                                 f"the config asks for {value!r}: search with the table's own model and size")
+        require_model(cfg.sink.table, self.metadata, cfg.embedding.model, spec.dimensions(cfg.embedding))
         self.model = model or EmbeddingModel(cfg.embedding, spec)
         self.query_prompt = self.metadata.get("query_prompt", spec.query_prompt)
         self.detector = DetectLanguage(cfg.langid)

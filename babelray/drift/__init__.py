@@ -1,0 +1,1 @@
+"""The drift job's parts; `pipelines/drift.py` composes them (see docs/drift.md)."""
