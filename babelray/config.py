@@ -250,7 +250,7 @@ class DriftSampleConfig(_Section):
                                 "group (deterministic bottom-k by hash of chunk_id): driver memory is bounded by "
                                 "groups x rows x dimensions x 4 bytes.")
     seed: int = Field(0, description="Seed of the sample hash, the bootstraps and the permutations.")
-    min_rows: int = Field(30, ge=5, description="Two-sample tests need this many sampled rows in both windows; "
+    min_rows: int = Field(20, ge=5, description="Two-sample tests need this many sampled rows in both windows; "
                           "a smaller group is reported as skipped.")
     kernel_rows: int = Field(1000, ge=50, description="Rows per window in the MMD kernel matrix.")
     permutations: int = Field(200, ge=20, description="Permutations of the MMD test.")
@@ -268,7 +268,8 @@ LOW_IS_BAD = frozenset({"consecutive_cosine_mean", "consecutive_cosine_min", "pr
 class DriftThresholds(_Section):
     raw_norm_cv: Band = _band(0.05, 0.1, description="Std of raw_norm / its mean (high is bad).")
     consecutive_cosine_mean: Band = _band(0.85, 0.7,
-                                          description="Mean cosine of consecutive vectors in ingest order (low is bad).")
+                                          description="Mean cosine of consecutive vectors of one language/route in "
+                                          "ingest order (low is bad).")
     consecutive_cosine_min: Band = _band(0.6, 0.4, description="Its minimum (low is bad).")
     raw_norm_mean_change: Band = _band(0.05, 0.1,
                                        description="abs(mean raw_norm now / reference - 1) (high is bad).")
@@ -280,8 +281,9 @@ class DriftThresholds(_Section):
                                            "KS test rejects at FDR alpha (high is bad).")
     domain_classifier_auc: Band = _band(0.65, 0.8, description="Cross-validated AUC of a logistic "
                                         "regression telling the windows apart; 0.5 = no drift (high is bad).")
-    language_mix_distance: Band = _band(0.15, 0.3, description="Total variation distance between "
-                                        "the windows' language shares (high is bad).")
+    language_mix_distance: Band = _band(0.15, 0.3, description="Total variation distance between the windows' "
+                                        "language shares; counts only when its chi-square p-value < alpha "
+                                        "(high is bad).")
     new_models: Band = _band(0.5, 0.5, "Model/fingerprint pairs in the current window that the reference lacks: "
                              "one is an alert (high is bad).")
     probe_alignment_drop: Band = _band(0.02, 0.05, description="Mean cosine between the probe's "
@@ -416,7 +418,8 @@ def render_reference() -> str:
             else:
                 default = repr(field.default_factory() if field.default_factory else field.default)
             type_name = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-            type_name = type_name.replace("babelray.config.", "").replace("__main__.", "").replace("|", "\\|")  # inside a Markdown table
+            type_name = type_name.replace("babelray.config.", "").replace("__main__.", "")
+            type_name = type_name.replace("|", "\\|")  # inside a Markdown table
             rows.append(f"| `{prefix}{name}` | `{type_name}` | `{default}` | {field.description or ''} |")
         lines.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "",
                       "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])

@@ -134,7 +134,8 @@ def write_vector_rows(db_uri: str, table: str, vectors, langs: list[str], embedd
         "chunk_index": pa.array([0] * rows, pa.int32()), "n_chunks": pa.array([1] * rows, pa.int32()),
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), dimensions),
         "raw_norm": pa.array(raw_norms if raw_norms is not None else rng.normal(5.0, 0.1, rows), pa.float32()),
-        "model": pa.array([model] * rows), "embedded_at": pa.array([embedded_at] * rows, schema.field("embedded_at").type),
+        "model": pa.array([model] * rows),
+        "embedded_at": pa.array([embedded_at] * rows, schema.field("embedded_at").type),
         "embedding_fingerprint": pa.array([fingerprint] * rows),
     })
     data = pa.table(columns, schema=schema)

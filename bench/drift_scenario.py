@@ -29,8 +29,8 @@ def drift_once(drift, cfg, label: str) -> dict:
     run = result["run"]
     fired = sorted({(s["group"], s["name"]) for s in result["statistics"] if s["status"] == "alert"})
     print(f"\n{label}: {run['status'].upper()} (exit {run['exit_code']}) in {time.perf_counter() - started:.1f} s; "
-          f"table v{run['table_version']}; reference {run['reference']['rows']} rows ({run['reference']['description']}),"
-          f" current {run['current']['rows']} rows")
+          f"table v{run['table_version']}; reference {run['reference']['rows']} rows "
+          f"({run['reference']['description']}), current {run['current']['rows']} rows")
     by_name = {s["name"]: s for s in result["statistics"] if s["group"] == "all"}
     print("  all rows: " + ", ".join(f"{name} {by_name[name]['value']:.3f} ({by_name[name]['status']})"
                                       for name in ("raw_norm_cv", "consecutive_cosine_mean", "centroid_shift_ratio",

@@ -114,8 +114,9 @@ def run_drift(drift: DriftConfig, cfg: Config, *, save_baseline: bool = False) -
 
     shared = {"run_id": run_id, "run_at": now, "table": cfg.sink.table, "physical_table": names.chunks,
               "table_version": version, "newest_embedded_at": newest, "split": drift.window.split}
-    store.append_run(shared, statistics + [Statistic(ALL, RUN, float(exit_code), status, rows_reference=ref_summary.rows,
-                                                     rows_current=cur_summary.rows, detail=run_detail)])
+    run_row = Statistic(ALL, RUN, float(exit_code), status, rows_reference=ref_summary.rows,
+                        rows_current=cur_summary.rows, detail=run_detail)
+    store.append_run(shared, statistics + [run_row])
     if probe is not None:
         store.save_probe(run_id, cfg.sink.table, probe)
     if save_baseline:

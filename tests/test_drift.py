@@ -71,6 +71,15 @@ def test_same_distribution_raises_no_alert(seed):
     assert 0.35 < auc.value < 0.65
 
 
+def test_small_batches_from_the_same_distribution_raise_not_even_a_warning():
+    # 25 new rows: shares and means differ by chance; significance and bootstrap thresholds absorb it.
+    for seed in range(10):
+        rng = np.random.default_rng(100 + seed)
+        stats = evaluate_windows(summarize(*SPACE.sample(rng, 1000), "r"), summarize(*SPACE.sample(rng, 25), "c"),
+                                 DRIFT)
+        assert [(s.group, s.name) for s in stats if s.status in ("warn", "alert")] == [], seed
+
+
 @pytest.mark.parametrize("kind", ["offset", "rotated_subspace", "other_model"])
 def test_shifted_current_window_alerts_where_the_bands_do_not(kind):
     rng = np.random.default_rng(7)

@@ -89,8 +89,9 @@ def evaluate_windows(reference: WindowSummary, current: WindowSummary, drift: Dr
         if ref_sums and cur_sums:
             add("raw_norm_mean_change", abs(cur_sums.raw_norm_mean / ref_sums.raw_norm_mean - 1))
         if kind == ALL and ref_sums and cur_sums:
-            add("language_mix_distance", statistics.total_variation(reference.counts(0), current.counts(0)).value,
-                detail={"reference": reference.counts(0), "current": current.counts(0)})
+            mix = statistics.total_variation(reference.counts(0), current.counts(0))
+            add("language_mix_distance", mix.value, p_value=mix.p_value, detail=mix.detail,
+                significant=mix.p_value < thresholds.alpha)
             new_models = sorted(cur_sums.models - ref_sums.models)
             add("new_models", float(len(new_models)), detail={"new": new_models, "reference": sorted(ref_sums.models)})
         if kind == ALL:

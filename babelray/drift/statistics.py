@@ -100,9 +100,11 @@ def domain_classifier_auc(reference: np.ndarray, current: np.ndarray, *, seed: i
 
 
 def total_variation(reference_counts: dict[str, int], current_counts: dict[str, int]) -> TestResult:
-    """Half the L1 distance between two categorical distributions: 0 same shares, 1 disjoint."""
+    """Half the L1 distance between two categorical distributions (0 same shares, 1 disjoint), and
+    the chi-square test of homogeneity's p-value: a few dozen rows differ in their shares by chance."""
     keys = sorted(set(reference_counts) | set(current_counts))
     ref = np.array([reference_counts.get(key, 0) for key in keys], float)
     cur = np.array([current_counts.get(key, 0) for key in keys], float)
     distance = 0.5 * np.abs(ref / ref.sum() - cur / cur.sum()).sum()
-    return TestResult(float(distance), None, {"reference": reference_counts, "current": current_counts})
+    p_value = float(scipy_stats.chi2_contingency(np.vstack([ref, cur])).pvalue) if len(keys) > 1 else 1.0
+    return TestResult(float(distance), p_value, {"reference": reference_counts, "current": current_counts})
