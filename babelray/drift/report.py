@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from babelray.drift.evaluate import ALERT, SKIPPED, WARN
 
@@ -78,7 +79,11 @@ def plot_history(history, path: Path) -> None:
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 2.8 * rows), squeeze=False)
     for axis in axes.flat[len(names):]:
         axis.set_visible(False)
+    if names:  # one time axis for every panel, also for statistics a run could not compute
+        pad = max((frame["run_at"].max() - frame["run_at"].min()) * 0.05, pd.Timedelta(minutes=1))
+        span = (frame["run_at"].min() - pad, frame["run_at"].max() + pad)
     for axis, name in zip(axes.flat, names):
+        axis.set_xlim(*span)
         part = frame[(frame["statistic"] == name) & frame["value"].notna()].sort_values("run_at")
         axis.plot(part["run_at"], part["value"], color="0.6", linewidth=1)
         axis.scatter(part["run_at"], part["value"], c=[STATUS_COLORS.get(s, "k") for s in part["status"]], s=18,
