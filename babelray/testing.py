@@ -113,14 +113,12 @@ def write_vector_rows(db_uri: str, table: str, vectors, langs: list[str], embedd
                       doc_prefix: str = "doc", raw_norms=None) -> None:
     """Append rows with these vectors to a chunks table (created with the pipeline's schema and
     `metadata` when missing), as an ingest run would leave them; one document per row."""
-    import json
-
     import lancedb
     import numpy as np
     import pyarrow as pa
 
     from operators.schema import table_schema
-    from operators.sink import TABLE_METADATA_KEY
+    from operators.sink import write_table_metadata
 
     rows, dimensions = len(vectors), vectors.shape[1]
     schema = table_schema(dimensions)
@@ -144,8 +142,7 @@ def write_vector_rows(db_uri: str, table: str, vectors, langs: list[str], embedd
         db.open_table(table).add(data)
     except ValueError:
         metadata = {"model": model, "dimensions": str(dimensions), "fingerprint": fingerprint, **(metadata or {})}
-        db.create_table(table, data).to_lance().update_schema_metadata(
-            {TABLE_METADATA_KEY.decode(): json.dumps(metadata, sort_keys=True)})
+        write_table_metadata(db.create_table(table, data), metadata)
 
 
 def build_tiny_marian(folder: Path) -> Path:

@@ -78,6 +78,12 @@ def read_table_metadata(table) -> dict:
     return json.loads(raw) if raw else {}
 
 
+def write_table_metadata(table, metadata: dict) -> None:
+    """Store `metadata` in the table's schema (what `read_table_metadata` returns)."""
+    table.to_lance().update_schema_metadata({TABLE_METADATA_KEY.decode(): json.dumps(metadata, sort_keys=True)})
+    table.checkout_latest()
+
+
 def require_model(table_name: str, metadata: dict, model: str, dimensions: int) -> None:
     """Vectors are only comparable with the model and size the table was embedded with."""
     for key, value in {"model": model, "dimensions": str(dimensions)}.items():
@@ -86,9 +92,14 @@ def require_model(table_name: str, metadata: dict, model: str, dimensions: int) 
                              f"for {value!r}: use the table's own model and size")
 
 
+def sql_string(value: str) -> str:
+    """A string literal for a LanceDB filter."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _sql_in(column: str, values) -> str:
     """`column IN (...)` in slices OR-ed together, so no single list grows huge; 'false' when empty."""
-    quoted = ["'" + value.replace("'", "''") + "'" for value in sorted(values)]
+    quoted = [sql_string(value) for value in sorted(values)]
     parts = [f"{column} IN ({', '.join(quoted[i:i + SQL_IN_SLICE])})" for i in range(0, len(quoted), SQL_IN_SLICE)]
     return " OR ".join(parts) or "false"
 
@@ -338,9 +349,7 @@ class TableWriter:
                             commits=self.commits, documents_deleted=len(deleted))
 
     def _write_metadata(self) -> None:
-        self.table.to_lance().update_schema_metadata(
-            {TABLE_METADATA_KEY.decode(): json.dumps(self.metadata, sort_keys=True)})
-        self.table.checkout_latest()
+        write_table_metadata(self.table, self.metadata)
 
 
 def _first_of_each(rows: pa.Table) -> pa.Table:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import datetime, timezone
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +18,11 @@ from operators.schema import (
     ROUTE_TRANSLATE,
     SKIP_UNCHANGED,
 )
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """Sortable by time, unique across machines: 20261205T043408Z-332a0548."""
+    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 
 FACT_COLUMNS = ["doc_id", "change", "reject_reason", "lang", "route", "code_language", "translated",

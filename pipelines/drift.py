@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from babelray.drift.windows import ALL, Window, WindowSummary, newest_embedded_a
 from babelray.embedding_model import load_model_spec
 from babelray.runtime import cluster_has_gpus, init_ray
 from operators.sink import connect, open_table, read_table_metadata, require_model, table_uri
+from operators.summary import new_run_id
 from operators.table_alias import resolve_tables
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def run_drift(drift: DriftConfig, cfg: Config, *, save_baseline: bool = False) -
     """One drift run; returns the report (its `run.exit_code`: 0 healthy or warnings, 4 alert)."""
     started = time.perf_counter()
     now = datetime.now(timezone.utc)
-    run_id = now.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    run_id = new_run_id(now)
     names = resolve_tables(cfg.sink)
     table = open_table(connect(cfg.sink), names.chunks)
     if table is None:

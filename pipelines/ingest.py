@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import ray
@@ -31,7 +29,7 @@ from operators.read import ReadSources, list_sources
 from operators.route import RouteDocuments
 from operators.schema import REJECT_WORKER_CRASHED
 from operators.sink import TableState, TableWriter, connect, open_table, read_table_metadata, table_uri
-from operators.summary import write_summary
+from operators.summary import new_run_id, write_summary
 from operators.table_alias import TableNames, resolve_tables, switch_to, versioned_names
 from operators.table_lock import table_lock
 from operators.translate import TranslateDocuments, assert_models_available
@@ -181,7 +179,7 @@ def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False, table
     if not sources:
         raise ValueError(f"no input files under {cfg.input.paths}")
     init_ray(cfg.ray)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    run_id = new_run_id()
     metadata = {**spec.table_metadata(cfg.embedding), "fingerprint": cfg.fingerprint(),
                 "pipeline_version": __version__}
 
@@ -192,7 +190,7 @@ def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False, table
         known = writer.known
         ledger, has_gpus = RunLedger.remote(), cluster_has_gpus()
         with failure_budget(cfg):
-            stream_into(writer, sources, stages(cfg, has_gpus, known, ledger, redo, redo_ids))
+            stream_into(writer, sources, stages(cfg, has_gpus, known, ledger, only_docs=redo, redo=redo_ids))
         lost = lost_documents(ledger, writer, sources)
         if lost:  # a worker died on their block, retries included: find the culprit, spare the rest
             logger.warning("%d documents were in blocks whose worker died; retrying them one at a time", len(lost))

@@ -22,7 +22,7 @@ from babelray.embedding_model import EmbeddingModel, load_model_spec
 from operators.langid import DetectLanguage
 from operators.route import RouteDocuments
 from operators.schema import FINGERPRINT_FIELD, ROUTE_TRANSLATE
-from operators.sink import connect, read_table_metadata, require_model
+from operators.sink import connect, read_table_metadata, require_model, sql_string
 from operators.table_alias import resolve_tables
 
 logger = logging.getLogger(__name__)
@@ -206,8 +206,8 @@ def _refuse_mixed_fingerprints(table, metadata: dict) -> None:
     column = FINGERPRINT_FIELD.name
     if column not in table.schema.names:
         return  # written before rows carried it: one config by construction (runs refused others)
-    fingerprint = str(metadata.get("fingerprint", "")).replace("'", "''")
-    others = table.count_rows(f"{column} IS NULL OR {column} != '{fingerprint}'")
+    fingerprint = str(metadata.get("fingerprint", ""))
+    others = table.count_rows(f"{column} IS NULL OR {column} != {sql_string(fingerprint)}")
     if others:
         raise ValueError(f"table {table.name!r} mixes vectors of several configs ({others} rows were not embedded "
                          f"with its fingerprint {fingerprint}): re-embed it (`babelray reembed`) before searching")

@@ -11,7 +11,9 @@ import urllib.request
 
 from babelray.config import DriftActionsConfig
 from babelray.drift.evaluate import ALERT, Statistic
+from babelray.drift.store import RUN_ALERT
 from babelray.drift.windows import ALL, Window
+from operators.sink import sql_string
 
 logger = logging.getLogger(__name__)
 # Alerts about the model itself: every document of the table is suspect, not one slice.
@@ -58,14 +60,14 @@ def slice_filter(slice_name: str, current: Window) -> str | None:
     parts = [part for part in [current.filter()] if part]
     if slice_name != ALL:
         column, value = slice_name.split("=", 1)
-        parts.append(f"{column} = '{value.replace(chr(39), chr(39) * 2)}'")
+        parts.append(f"{column} = {sql_string(value)}")
     return " AND ".join(parts) or None
 
 
 def reembedding_refused(slices: list[str], previous) -> str | None:
     """Why not to re-embed: the previous run re-embedded the same slices and the alert stayed, so
     re-embedding does not help and a person should look."""
-    if previous and previous.status == "alert" and previous.detail.get("slices") == slices \
+    if previous and previous.status == RUN_ALERT and previous.detail.get("slices") == slices \
             and "reembed" in previous.detail:
         return f"re-embedding of {slices} skipped: run {previous.run_id} re-embedded them and the alert stayed"
     return None

@@ -67,9 +67,9 @@ def evaluate_windows(reference: WindowSummary, current: WindowSummary, drift: Dr
         ref_sums, cur_sums = reference.slice_sums(kind, value), current.slice_sums(kind, value)
         counts = {"rows_reference": ref_sums.rows if ref_sums else 0, "rows_current": cur_sums.rows if cur_sums else 0}
 
-        def add(name, stat_value, p_value=None, detail=None, significant=True, band_name=None):
-            band = thresholds.band(band_name or name)
-            results.append(Statistic(group, name, stat_value, grade(band_name or name, stat_value, band, significant),
+        def add(name, stat_value, p_value=None, detail=None, significant=True):
+            band = thresholds.band(name)
+            results.append(Statistic(group, name, stat_value, grade(name, stat_value, band, significant),
                                      band.warn if band else None, band.alert if band else None, **counts,
                                      p_value=p_value, detail=detail or {}))
 
@@ -80,8 +80,9 @@ def evaluate_windows(reference: WindowSummary, current: WindowSummary, drift: Dr
         add("raw_norm_mean", graded.raw_norm_mean, detail=detail)
         if kind != ALL and graded.rows < sample.min_rows:
             # A handful of rows (often consecutive across documents) says nothing about the model.
-            detail["reason"] = f"{graded.rows} rows; window statistics of a slice are graded from {sample.min_rows}"
-            results.extend(Statistic(group, name, None, SKIPPED, **counts, detail=detail) for name in WINDOW_STATISTICS)
+            reason = f"{graded.rows} rows; window statistics of a slice are graded from {sample.min_rows}"
+            results.extend(Statistic(group, name, None, SKIPPED, **counts, detail={**detail, "reason": reason})
+                           for name in WINDOW_STATISTICS)
         else:
             add("raw_norm_cv", graded.raw_norm_cv, detail=detail)
             add("consecutive_cosine_mean", graded.consecutive_cosine_mean, detail=detail)

@@ -65,13 +65,18 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_history(history, path: Path) -> None:
-    """Each graded statistic of the `all` slice over the runs, with its warn/alert lines."""
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_history(history, path: Path) -> None:
+    """Each graded statistic of the `all` slice over the runs, with its warn/alert lines."""
+    plt = _pyplot()
     frame = history.to_pandas() if history is not None else None
     names = [] if frame is None else [n for n in dict.fromkeys(frame["statistic"]) if n != "run"]
     columns = 3
@@ -123,11 +128,7 @@ def projection_axes(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndar
 
 
 def plot_projection(reference: np.ndarray, current: np.ndarray, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 5))
     if len(reference) >= 3:
         axes, labels = projection_axes(reference, current)

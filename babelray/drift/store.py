@@ -22,7 +22,7 @@ from babelray.config import SinkConfig
 from babelray.drift.evaluate import Statistic
 from babelray.drift.probe import ProbeVectors
 from babelray.drift.windows import GroupSample, WindowSummary
-from operators.sink import connect, open_table
+from operators.sink import connect, open_table, sql_string
 
 RUN = "run"  # the statistic name of a run's own row
 RUN_HEALTHY, RUN_WARN, RUN_ALERT, RUN_BASELINE = "healthy", "warn", "alert", "baseline"
@@ -65,10 +65,6 @@ class RunRecord:
     detail: dict
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 class DriftStore:
     def __init__(self, sink: SinkConfig, history_table: str):
         self.db = connect(sink)
@@ -82,9 +78,9 @@ class DriftStore:
         else:
             table.add(rows)
 
-    def _read(self, kind: str, where: str, columns: list[str] | None = None) -> pa.Table | None:
+    def _read(self, kind: str, where: str) -> pa.Table | None:
         table = open_table(self.db, self.names[kind])
-        return None if table is None else table.to_lance().to_table(filter=where, columns=columns)
+        return None if table is None else table.to_lance().to_table(filter=where)
 
     # ------------------------------------------------------------------ history
 
@@ -98,7 +94,7 @@ class DriftStore:
 
     def runs(self, table: str) -> list[RunRecord]:
         """The runs over `table`, oldest first."""
-        rows = self._read("history", f"statistic = '{RUN}' AND `table` = {_quote(table)}")
+        rows = self._read("history", f"statistic = '{RUN}' AND `table` = {sql_string(table)}")
         if rows is None:
             return []
         records = [RunRecord(row["run_id"], row["run_at"], row["physical_table"], row["table_version"],
@@ -107,7 +103,7 @@ class DriftStore:
         return sorted(records, key=lambda record: record.run_at)
 
     def history(self, table: str, group: str = "all") -> pa.Table | None:
-        return self._read("history", f"`table` = {_quote(table)} AND `group` = {_quote(group)}")
+        return self._read("history", f"`table` = {sql_string(table)} AND `group` = {sql_string(group)}")
 
     # ------------------------------------------------------------------ probe
 
@@ -119,7 +115,7 @@ class DriftStore:
             schema=PROBE_SCHEMA))
 
     def probe(self, run_id: str) -> ProbeVectors | None:
-        rows = self._read("probe", f"run_id = {_quote(run_id)}")
+        rows = self._read("probe", f"run_id = {sql_string(run_id)}")
         if rows is None or rows.num_rows == 0:
             return None
         return ProbeVectors(rows["sentence_id"].to_pylist(), rows["lang"].to_pylist(), rows["text"].to_pylist(),
@@ -140,7 +136,7 @@ class DriftStore:
 
     def baseline_sample(self, run_id: str, summary: WindowSummary) -> None:
         """Fill `summary.samples` with the sample saved by baseline run `run_id`."""
-        rows = self._read("baseline", f"run_id = {_quote(run_id)}")
+        rows = self._read("baseline", f"run_id = {sql_string(run_id)}")
         if rows is None:
             return
         frame = rows.to_pandas()

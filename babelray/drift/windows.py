@@ -21,7 +21,6 @@ ALL = "all"  # the group of every row
 
 @dataclass(frozen=True)
 class Window:
-    name: str  # "reference" | "current"
     after: datetime | None  # rows embedded after this (exclusive); None = from the start
     until: datetime | None  # ... and up to this (inclusive); None = to the end
     description: str
@@ -44,15 +43,15 @@ def _sql_timestamp(moment: datetime) -> str:
 
 def windows_by_cut(cut: datetime | None, newest: datetime | None, reference_note: str) -> tuple[Window, Window]:
     """Reference: rows embedded up to `cut`; current: rows embedded after it, up to `newest`."""
-    return (Window("reference", None, cut, reference_note),
-            Window("current", cut, newest, f"rows embedded after {cut.isoformat() if cut else 'the start'}"))
+    return (Window(None, cut, reference_note),
+            Window(cut, newest, f"rows embedded after {cut.isoformat() if cut else 'the start'}"))
 
 
 def windows_by_period(now: datetime, current: timedelta, reference: timedelta) -> tuple[Window, Window]:
     start = now - current
-    return (Window("reference", start - reference, start, f"rows embedded {start - reference:%Y-%m-%d %H:%M} to "
+    return (Window(start - reference, start, f"rows embedded {start - reference:%Y-%m-%d %H:%M} to "
                    f"{start:%Y-%m-%d %H:%M} UTC"),
-            Window("current", start, now, f"rows embedded since {start:%Y-%m-%d %H:%M} UTC"))
+            Window(start, now, f"rows embedded since {start:%Y-%m-%d %H:%M} UTC"))
 
 
 @dataclass
