@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 
@@ -83,6 +84,46 @@ def _drift(args: argparse.Namespace) -> int:
         print(open(result["files"]["markdown"], encoding="utf-8").read())
         print("\n".join(f"wrote {path}" for path in result["files"].values()))
     return result["run"]["exit_code"]
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from babelray import submit
+
+    job = submit.build_submission(args.job, args.config, working_dir=args.working_dir, pip=not args.no_pip,
+                                  entrypoint_num_cpus=args.entrypoint_num_cpus,
+                                  entrypoint_num_gpus=args.entrypoint_num_gpus,
+                                  entrypoint_memory_gb=args.entrypoint_memory_gb, table=args.table,
+                                  extra_args=args.job_args)
+    if args.dry_run:
+        print(json.dumps({"entrypoint": job.entrypoint, "submission_id": job.submission_id,
+                          "runtime_env": job.runtime_env, "metadata": job.metadata,
+                          "entrypoint_num_cpus": job.entrypoint_num_cpus,
+                          "entrypoint_num_gpus": job.entrypoint_num_gpus,
+                          "entrypoint_memory": job.entrypoint_memory}, indent=2))
+        return 0
+    if not args.address:
+        raise ValueError("babelray submit: pass --address http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)")
+    try:
+        client = submit.connect(args.address, submit.read_token(args.token_file))
+        submission_id = submit.submit(client, job)
+    except submit.SubmitError as err:
+        print(f"babelray: {err}", file=sys.stderr)
+        return submit.EXIT_REFUSED
+    print(f"submitted {submission_id}: {job.entrypoint}", file=sys.stderr)
+    if not args.follow:
+        print(f"follow it with: ray job logs --address {args.address} --follow {submission_id} "
+              f"(the token from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH, with RAY_AUTH_MODE=token)", file=sys.stderr)
+        print(submission_id)
+        return 0
+    try:
+        code = submit.follow(client, submission_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job goes on (ray job stop --address {args.address} {submission_id})",
+              file=sys.stderr)
+        return 130
+    status = client.get_job_status(submission_id)
+    print(f"job {submission_id}: {status}, exit code {code}", file=sys.stderr)
+    return code
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -180,6 +221,27 @@ def build_parser() -> argparse.ArgumentParser:
     once_or_loop.add_argument("--every", type=_duration, help="run forever, one run per period (e.g. 6h, 30m)")
     drift.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    submit = commands.add_parser("submit", help="run `run`, `reembed` or `drift` on a Ray cluster through the Jobs "
+                                 "API; arguments after -- go to that command")
+    submit.add_argument("job", choices=["run", "reembed", "drift"], help="the babelray command the job runs")
+    submit.add_argument("--config", required=True, help="config inside the working directory (it is uploaded)")
+    submit.add_argument("--table", help=TABLE_HELP + "; on a cluster, an object store URI or an absolute path "
+                        "every node shares")
+    submit.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"),
+                        help="the cluster's dashboard, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
+    submit.add_argument("--token-file", help="Ray auth token file (default: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, "
+                        "~/.ray/auth_token)")
+    submit.add_argument("--follow", action="store_true", help="stream the logs; exit with the job's exit code")
+    submit.add_argument("--no-pip", action="store_true",
+                        help="no pinned requirements: the cluster's image has the project's dependencies")
+    submit.add_argument("--working-dir", help="folder to upload (default: this checkout)")
+    submit.add_argument("--entrypoint-num-cpus", type=float, default=0,
+                        help="CPUs reserved for the driver (default 0: it runs on the head node)")
+    submit.add_argument("--entrypoint-num-gpus", type=float, default=0)
+    submit.add_argument("--entrypoint-memory-gb", type=float, help="memory reserved for the driver")
+    submit.add_argument("--dry-run", action="store_true", help="print the submission, send nothing")
+    submit.set_defaults(handler=_submit)
+
     _table_command(commands, "index", "build full-text indexes, and the ANN index once it pays off", _index)
 
     evaluate = commands.add_parser("eval", help="retrieval quality on public data: Markdown report + PNG")
@@ -197,7 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `babelray submit run --config F -- --prune`: what follows -- is for the submitted command.
+    job_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    parser = build_parser()
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if job_args and args.command != "submit":
+        parser.error("arguments after -- are for `babelray submit` only")
+    args.job_args = job_args
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

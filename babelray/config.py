@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -178,8 +179,17 @@ class IndexConfig(_Section):
     ann_min_rows: int = Field(100_000, ge=0, description="Below this many rows no ANN index: exact search is fast and exact.")
 
 
+def absolute_local_dir(path: str) -> str:
+    """A local output folder, made absolute when the config is read. In a Ray job the driver's working
+    directory is Ray's copy of the uploaded project, and Ray replaces that copy (same path, new folder)
+    when workers of the job start on the head node: a relative path would then point into the deleted
+    folder."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 class RunConfig(_Section):
-    summary_dir: str = Field("./runs", description="Each run writes <summary_dir>/<run_id>/summary.json.")
+    summary_dir: str = Field("./runs", description="Each run writes <summary_dir>/<run_id>/summary.json "
+                             "(a relative path is made absolute when the config is read).")
     commit_rows: int = Field(5000, ge=1, description="Chunks per commit: a run commits whole documents in rounds "
                              "of about this many chunks, so a crashed run loses at most one round.")
     task_retries: int = Field(2, ge=0, description="Retries of a stage's task whose worker process died (a crash, "
@@ -187,6 +197,8 @@ class RunConfig(_Section):
                               "kills its worker is rejected (`worker_crashed`).")
     max_failed_blocks: int = Field(20, ge=0, description="Blocks that may fail for good before the run stops: "
                                    "beyond a few poison documents, the cause is not in the data.")
+
+    _absolute = field_validator("summary_dir")(lambda value: absolute_local_dir(value))
 
 
 class Config(_Section):
@@ -334,12 +346,15 @@ class DriftConfig(_Section):
     history_table: str = Field("drift_history", pattern=r"^[A-Za-z0-9_.-]+$",
                                description="LanceDB table (next to the chunks table) of one row per statistic per run.")
     report_dir: str = Field("./runs/drift", description="Each run writes <report_dir>/<run_id>/ "
-                            "(report.json, report.md, history.png, projection.png).")
+                            "(report.json, report.md, history.png, projection.png); a relative path is made "
+                            "absolute when the config is read.")
     window: DriftWindowConfig = Field(default_factory=DriftWindowConfig, description="Reference vs current.")
     sample: DriftSampleConfig = Field(default_factory=DriftSampleConfig, description="Bounded samples and test sizes.")
     thresholds: DriftThresholds = Field(default_factory=DriftThresholds, description="Alert bands.")
     probe: DriftProbeConfig = Field(default_factory=DriftProbeConfig, description="Cross-lingual probe.")
     actions: DriftActionsConfig = Field(default_factory=DriftActionsConfig, description="What an alert does.")
+
+    _absolute = field_validator("report_dir")(lambda value: absolute_local_dir(value))
 
 
 def _format_error(source: str, err: ValidationError) -> str:

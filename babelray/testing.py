@@ -10,9 +10,20 @@ padding, generation, batching) are the real ones.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
+import os
 import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,6 +154,119 @@ def write_vector_rows(db_uri: str, table: str, vectors, langs: list[str], embedd
     except ValueError:
         metadata = {"model": model, "dimensions": str(dimensions), "fingerprint": fingerprint, **(metadata or {})}
         write_table_metadata(db.create_table(table, data), metadata)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalCluster:
+    """A Ray cluster of several nodes on this machine, each a `ray start --block` process, with
+    token authentication on (the token in a file, 0600) and a metrics port per node.
+
+    Each node runs in its own process group, so `stop()` ends everything that node started, also
+    when a test fails; nothing else on the machine (another Ray cluster, say) is touched. The nodes
+    get this interpreter's bin folder first on PATH, so `python` in a job's entrypoint is this one.
+    """
+
+    def __init__(self, folder: Path, nodes: int = 2, cpus_per_node: int = 1):
+        self.folder = Path(folder)
+        self.nodes, self.cpus_per_node = nodes, cpus_per_node
+        self.token_path = self.folder / "auth_token"
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.metrics_ports = [free_port() for _ in range(nodes)]
+        self.processes: list[subprocess.Popen] = []
+        # One per node, as on separate machines (runtime environments are built per node; two nodes
+        # sharing one would build the same one into the same folder at once). Short: Ray's Unix
+        # socket paths under them must stay below 108 bytes.
+        self.temp_dirs = [tempfile.mkdtemp(prefix=f"ray{index}-") for index in range(nodes)]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}/metrics" for port in self.metrics_ports]
+
+    def env(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+        env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+                   RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path))
+        return env
+
+    def start(self, timeout: float = 120) -> LocalCluster:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.token_path.write_text(secrets.token_hex(32))
+        self.token_path.chmod(0o600)
+        ray = str(Path(sys.executable).parent / "ray")
+        head = [ray, "start", "--head", "--block", "--port", str(self.gcs_port),
+                "--include-dashboard", "true",
+                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                "--disable-usage-stats"]
+        worker = [ray, "start", "--block", "--address", self.address]
+        try:
+            for index, command in enumerate([head] + [worker] * (self.nodes - 1)):
+                self._start_node(index, command + ["--num-cpus", str(self.cpus_per_node),
+                                                   "--temp-dir", self.temp_dirs[index],
+                                                   "--metrics-export-port", str(self.metrics_ports[index])])
+                self._wait(lambda: self.alive_nodes() > index, timeout, f"node {index} did not join")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_node(self, index: int, command: list[str]) -> None:
+        log = open(self.folder / f"node-{index}.log", "wb")
+        self.processes.append(subprocess.Popen(command, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True))
+        log.close()
+
+    def _wait(self, ready, timeout: float, message: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(process.poll() is not None for process in self.processes):
+                raise RuntimeError(f"a `ray start` exited; see {self.folder}/node-*.log")
+            try:
+                if ready():
+                    return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"{message} within {timeout:.0f} s; see {self.folder}/node-*.log")
+
+    def alive_nodes(self) -> int:
+        request = urllib.request.Request(f"{self.dashboard_url}/nodes?view=summary",
+                                         headers={"Authorization": f"Bearer {self.token_path.read_text()}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            summary = json.load(response)["data"]["summary"]
+        return sum(1 for node in summary if node["raylet"]["state"] == "ALIVE")
+
+    def stop(self) -> None:
+        """SIGTERM to each node's process group (workers first, head last), SIGKILL to what is left."""
+        for process in reversed(self.processes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        self.processes = []
+        for temp_dir in self.temp_dirs:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def build_tiny_marian(folder: Path) -> Path:

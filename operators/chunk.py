@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from babelray.config import ChunkingConfig, EmbeddingConfig
 from babelray.embedding_model import load_model_spec
+from babelray.metrics import count_each, timed_stage
 from operators.chunking import chunk_document
 from operators.schema import (
     CHUNK_FIELDS,
@@ -55,10 +56,12 @@ class ChunkDocuments:
         self.max_tokens, self.overlap = chunk_budget(chunking, spec.max_seq_length,
                                                      spec.prompt_overhead(self.tokenizer))
 
+    @timed_stage("chunk")
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
         for doc in batch.to_pylist():
             rows.extend(self.chunk_rows(doc))
+        count_each("babelray_chunks_total", [row["kind"] for row in rows if row["reject_reason"] is None], "kind")
         return pa.Table.from_pylist(rows, schema=CHUNKED_SCHEMA)
 
     def chunk_rows(self, doc: dict) -> list[dict]:

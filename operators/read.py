@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from babelray.config import InputConfig
+from babelray.metrics import count, timed_stage
 from operators.chunking import language_for_path
 from operators.schema import (
     DOCUMENT_SCHEMA,
@@ -194,12 +195,14 @@ class ReadSources:
             self._filesystems[uri] = resolve_filesystem(uri)[0]
         return self._filesystems[uri]
 
+    @timed_stage("read")
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         rows: list[dict] = []
         for source in batch.to_pylist():
             for row in self._read_source(source):
                 if self.only_docs is not None and row["doc_id"] not in self.only_docs:
                     continue
+                count("babelray_documents_read_total", format=source["format"])
                 rows.append(row)
                 if len(rows) >= _ROWS_PER_OUTPUT_BATCH:
                     yield pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from babelray.config import RoutingConfig
+from babelray.metrics import timed_stage
 from operators.schema import ROUTE_CODE, ROUTE_DIRECT, ROUTE_TRANSLATE, append_columns
 
 
@@ -27,6 +28,7 @@ class RouteDocuments:
             return ROUTE_DIRECT
         return ROUTE_TRANSLATE
 
+    @timed_stage("route")
     def __call__(self, batch: pa.Table) -> pa.Table:
         routes = [
             None if reason is not None else self.route(kind, lang, score)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -29,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from babelray.config import SinkConfig
+from babelray.metrics import count
 from operators.incremental import KNOWN_COLUMNS
 from operators.schema import (
     FINGERPRINT_FIELD,
@@ -300,9 +302,18 @@ class TableWriter:
         rejected_now = set(rejects.column("doc_id").to_pylist())
         self._commit_rejects(rejects, gone=(embedded_docs | set(also_delete)) - rejected_now)
         self.tally.add_round(rows, embedded_docs, rejects)
+        self._count_round(embedded_docs, pc.count_distinct(rows.filter(unchanged).column("doc_id")).as_py(), rejects)
         self.commits += 1
         logger.info("commit %d: %d chunks of %d documents, %d rejected", self.commits, chunks.num_rows,
                     len(embedded_docs), rejects.num_rows)
+
+    @staticmethod
+    def _count_round(embedded_docs: set[str], skipped: int, rejects: pa.Table) -> None:
+        count("babelray_documents_embedded_total", len(embedded_docs))
+        count("babelray_documents_skipped_total", skipped)
+        for (stage, reason), n in Counter(zip(rejects.column("stage").to_pylist(),
+                                              rejects.column("reason").to_pylist())).items():
+            count("babelray_documents_rejected_total", n, stage=stage or "none", reason=reason)
 
     def _table_rows(self, chunks: pa.Table) -> pa.Table:
         columns = {}

@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from babelray.config import TranslationConfig
 from babelray.embedding_model import pick_device, token_budget_batches
+from babelray.metrics import count, timed_stage
 from operators.schema import (
     REJECT_TRANSLATION_ERROR,
     ROUTE_DIRECT_FALLBACK,
@@ -297,6 +298,7 @@ class TranslateDocuments:
         self.cfg = cfg
         self.translator = Translator(cfg)
 
+    @timed_stage("translate")
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         by_lang: dict[str, list[int]] = {}
@@ -331,6 +333,7 @@ class TranslateDocuments:
             row = rows[index]
             row.update(text_original=row["text"], text=result.text, translated=True,
                        translation_model=result.model, translation_spans=json.dumps(result.spans))
+        count("babelray_documents_translated_total", len(indices), source_lang=lang)
 
     def _fail(self, rows: list[dict], indices: list[int], reason: str) -> None:
         log.warning("translation failed for %d document(s): %s", len(indices), reason)

@@ -9,9 +9,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from babelray import metrics
 from babelray.config import DriftActionsConfig
 from babelray.drift.evaluate import ALERT, Statistic
-from babelray.drift.store import RUN_ALERT
+from babelray.drift.store import RUN_ALERT, RUN_WARN
 from babelray.drift.windows import ALL, Window
 from operators.sink import sql_string
 
@@ -98,3 +99,13 @@ def webhook_summary(result: dict) -> dict:
     return {"source": "babelray drift", **{key: run[key] for key in (
         "run_id", "run_at", "status", "exit_code", "table", "physical_table", "table_version", "model", "slices")},
         "flagged": flagged}
+
+
+def export_gauges(table: str, run_status: str, statistics: list[Statistic]) -> None:
+    """The run's verdict and statistics as Prometheus gauges (babelray.metrics), for dashboards and
+    alert rules; a skipped statistic (no value) leaves its gauge as it was."""
+    metrics.set_gauge("babelray_drift_status", {RUN_ALERT: 2, RUN_WARN: 1}.get(run_status, 0), table=table)
+    for stat in statistics:
+        if stat.value is not None:
+            metrics.set_gauge("babelray_drift_statistic", stat.value, table=table, slice=stat.group,
+                              statistic=stat.name)
