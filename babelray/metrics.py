@@ -55,6 +55,10 @@ METRICS = {
         "gauge", "The last drift run's statistics, per slice (all, lang=xx, route=yy, probe)",
         ("table", "slice", "statistic")),
     "babelray_drift_status": Metric("gauge", "The last drift run's verdict: 0 healthy, 1 warn, 2 alert", ("table",)),
+    # Ray keeps a finished driver's gauges, so a long-lived cluster holds one series per past drift
+    # run (WorkerId differs); dashboards pick the run with the newest timestamp.
+    "babelray_drift_run_timestamp_seconds": Metric(
+        "gauge", "Unix time of the drift run that set the drift gauges of the same process", ("table",)),
 }
 
 # The names Prometheus shows (histograms add _bucket, _sum and _count).

@@ -117,7 +117,7 @@ def run_drift(drift: DriftConfig, cfg: Config, *, save_baseline: bool = False) -
     run_row = Statistic(ALL, RUN, float(exit_code), status, rows_reference=ref_summary.rows,
                         rows_current=cur_summary.rows, detail=run_detail)
     store.append_run(shared, statistics + [run_row])
-    actions.export_gauges(cfg.sink.table, status, statistics)
+    actions.export_gauges(cfg.sink.table, now, status, statistics)
     if probe is not None:
         store.save_probe(run_id, cfg.sink.table, probe)
     if save_baseline:

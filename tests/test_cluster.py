@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import lancedb
@@ -191,6 +192,9 @@ def test_drift_job_exports_its_verdict_and_statistics_as_gauges(cluster, drift_j
             break
         time.sleep(2)
     assert verdicts == [status]
+    stamps = [sample.value for url in cluster.metrics_urls
+              for sample in _scrape(url).get("ray_babelray_drift_run_timestamp_seconds", [])]
+    assert stamps == [pytest.approx(datetime.fromisoformat(drift_job["run"]["run_at"]).timestamp(), abs=1)]
     assert {key: gauges.get(key) for key in reported} == pytest.approx(reported)
 
 

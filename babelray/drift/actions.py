@@ -8,6 +8,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import datetime
 
 from babelray import metrics
 from babelray.config import DriftActionsConfig
@@ -101,9 +102,10 @@ def webhook_summary(result: dict) -> dict:
         "flagged": flagged}
 
 
-def export_gauges(table: str, run_status: str, statistics: list[Statistic]) -> None:
+def export_gauges(table: str, run_at: datetime, run_status: str, statistics: list[Statistic]) -> None:
     """The run's verdict and statistics as Prometheus gauges (babelray.metrics), for dashboards and
     alert rules; a skipped statistic (no value) leaves its gauge as it was."""
+    metrics.set_gauge("babelray_drift_run_timestamp_seconds", run_at.timestamp(), table=table)
     metrics.set_gauge("babelray_drift_status", {RUN_ALERT: 2, RUN_WARN: 1}.get(run_status, 0), table=table)
     for stat in statistics:
         if stat.value is not None:
