@@ -195,8 +195,12 @@ def submit(client, job: Submission, agent_wait_seconds: float = 60) -> str:
                 entrypoint_num_gpus=job.entrypoint_num_gpus or None, entrypoint_memory=job.entrypoint_memory,
             )
         except RuntimeError as err:
-            if AGENT_NOT_READY not in str(err) or time.monotonic() > deadline:
+            if AGENT_NOT_READY not in str(err):
                 raise
+            if time.monotonic() > deadline:
+                raise SubmitError(f"the head has had no job agent for {agent_wait_seconds:.0f} s: its dashboard agent "
+                                  "is not running (on a host with more than one Ray node, give each its own "
+                                  "--dashboard-agent-listen-port)") from None
             logger.info("the head has no job agent yet; submitting again in 2 s")
             time.sleep(2)
 

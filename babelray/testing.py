@@ -213,9 +213,12 @@ class LocalCluster:
         worker = [ray, "start", "--block", "--address", self.address]
         try:
             for index, command in enumerate([head] + [worker] * (self.nodes - 1)):
+                # The agent's HTTP port is fixed (52365) unless given: another Ray on this machine,
+                # or the other node, would hold it, and a head without its agent takes no jobs.
                 self._start_node(index, command + ["--num-cpus", str(self.cpus_per_node),
                                                    "--temp-dir", self.temp_dirs[index],
-                                                   "--metrics-export-port", str(self.metrics_ports[index])])
+                                                   "--metrics-export-port", str(self.metrics_ports[index]),
+                                                   "--dashboard-agent-listen-port", str(free_port())])
                 self._wait(lambda: self.alive_nodes() > index, timeout, f"node {index} did not join")
         except BaseException:
             self.stop()
