@@ -137,9 +137,10 @@ def build_submission(command: str, config_path: str, *, working_dir: str | None 
                          "the job's temporary working directory and be lost. Use an object store URI or an absolute "
                          "path that every node shares")
     for key, folder in _local_outputs(command, config, cfg):
-        if not Path(folder).is_absolute():
-            logger.warning("%s %r is relative: on the cluster it lands in the job's temporary working directory",
-                           key, folder)
+        # Made absolute when the config is read: on the cluster, against the job's own copy of the project.
+        if "://" not in folder and Path(folder).is_relative_to(root):
+            logger.warning("%s %s is inside the project: on the cluster it lands in the job's temporary working "
+                           "directory (the summary is in the job's log either way)", key, folder)
     relative = config.relative_to(root).as_posix()
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
     table = re.sub(r"[^a-z0-9-]+", "-", cfg.sink.table.lower()).strip("-")
