@@ -128,7 +128,8 @@ def build_submission(command: str, config_path: str, *, working_dir: str | None 
         raise ValueError(f"babelray submit: command must be one of {', '.join(COMMANDS)}, not {command!r}")
     root = Path(working_dir).resolve() if working_dir else project_root()
     config = Path(config_path).resolve()
-    cfg = apply_overrides(load_drift_config(config)[1] if command == "drift" else load_config(config), None, table)
+    drift, cfg = load_drift_config(config) if command == "drift" else (None, load_config(config))
+    cfg = apply_overrides(cfg, None, table)
     if not config.is_relative_to(root):
         raise ValueError(f"{config_path}: the config must be inside the uploaded working directory {root}")
     extra_args = [*(["--table", table] if table else []), *(extra_args or [])]
@@ -136,7 +137,8 @@ def build_submission(command: str, config_path: str, *, working_dir: str | None 
         raise ValueError(f"{config_path}: sink.uri {cfg.sink.uri!r} is relative: on the cluster it would resolve inside "
                          "the job's temporary working directory and be lost. Use an object store URI or an absolute "
                          "path that every node shares")
-    for key, folder in _local_outputs(command, config, cfg):
+    outputs = [("run.summary_dir", cfg.run.summary_dir), *([("report_dir", drift.report_dir)] if drift else [])]
+    for key, folder in outputs:
         # Made absolute when the config is read: on the cluster, against the job's own copy of the project.
         if "://" not in folder and Path(folder).is_relative_to(root):
             logger.warning("%s %s is inside the project: on the cluster it lands in the job's temporary working "
@@ -158,13 +160,6 @@ def build_submission(command: str, config_path: str, *, working_dir: str | None 
         entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
         entrypoint_memory=int(entrypoint_memory_gb * 2**30) if entrypoint_memory_gb else None,
     )
-
-
-def _local_outputs(command: str, config: Path, cfg) -> list[tuple[str, str]]:
-    outputs = [("run.summary_dir", cfg.run.summary_dir)]
-    if command == "drift":
-        outputs.append(("report_dir", load_drift_config(config)[0].report_dir))
-    return outputs
 
 
 def connect(address: str, token: str | None):

@@ -24,6 +24,7 @@ import lancedb
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from babelray import submit
 from babelray.metrics import PROMETHEUS_NAMES
 from babelray.testing import REPO, SAMPLE_CORPUS, LocalCluster
 
@@ -150,10 +151,7 @@ def test_metrics_report_the_counts_of_the_run_summary(cluster, job):
 
 
 def test_job_status_logs_and_metadata_come_back(cluster, job):
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(cluster.dashboard_url,
-                                 headers={"Authorization": f"Bearer {cluster.token_path.read_text()}"})
+    client = submit.connect(cluster.dashboard_url, cluster.token_path.read_text())
     info = client.get_job_info(job["submission_id"])
     assert info.status == "SUCCEEDED" and info.driver_exit_code == 0
     assert info.metadata["config_sha256"] == hashlib.sha256((REPO / CONFIG).read_bytes()).hexdigest()
@@ -209,9 +207,6 @@ def test_submission_without_the_token_is_refused(cluster, job, home, tmp_path):
     rejected = _babelray(*args, "--token-file", str(wrong), home=home)
     assert rejected.returncode == 5, rejected.stderr
     assert "refused" in rejected.stderr and "not-the-token" not in rejected.stderr
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(cluster.dashboard_url,
-                                 headers={"Authorization": f"Bearer {cluster.token_path.read_text()}"})
+    client = submit.connect(cluster.dashboard_url, cluster.token_path.read_text())
     assert not [details.submission_id for details in client.list_jobs()
                 if details.submission_id.startswith("babelray-run-") and details.submission_id != job["submission_id"]]
