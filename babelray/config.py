@@ -34,6 +34,9 @@ class StageResources(_Section):
     min_actors: int = Field(1, ge=1, description="Actors started up front.")
     max_actors: int = Field(1, ge=1, description="Ray Data scales the pool up to this many.")
     batch_size: int = Field(64, ge=1, description="Rows handed to one call of the operator.")
+    tasks_in_flight: int | None = Field(
+        None, ge=1, description="Tasks queued per actor; None = Ray Data's default (2). 1 hands each "
+                                "task to the first actor free, which balances long tasks best.")
 
     @model_validator(mode="after")
     def _pool_bounds(self):

@@ -55,6 +55,7 @@ class EmbeddingBatch:
     vectors: np.ndarray  # (n, dimensions) float32, unit norm
     raw_norms: np.ndarray  # (n,) float32, norm of the truncated vector before normalization
     token_counts: np.ndarray  # (n,) tokens fed to the model, prompt and special tokens included
+    padded_lengths: np.ndarray  # (n,) length of the padded batch each text went through (its cost)
 
 
 @dataclass(frozen=True)
@@ -208,10 +209,12 @@ class EmbeddingModel:
                              f"{self.max_seq_length} tokens (longest {int(lengths.max())})")
         vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         raw_norms = np.zeros(len(texts), dtype=np.float32)
+        padded = np.zeros(len(texts), dtype=np.int64)
         for batch_rows in token_budget_batches(lengths, self.cfg.batch_tokens, self.cfg.max_batch_rows):
             vectors[batch_rows], raw_norms[batch_rows] = mrl_truncate(self._forward([ids[i] for i in batch_rows]),
                                                                       self.dimensions)
-        return EmbeddingBatch(vectors=vectors, raw_norms=raw_norms, token_counts=lengths)
+            padded[batch_rows] = lengths[batch_rows].max()
+        return EmbeddingBatch(vectors=vectors, raw_norms=raw_norms, token_counts=lengths, padded_lengths=padded)
 
     @torch.inference_mode()
     def _forward(self, input_ids: list[list[int]]) -> np.ndarray:

@@ -40,10 +40,39 @@ def actor_options(resources: StageResources, has_gpus: bool | None, task_retries
         num_gpus = 1 if has_gpus else 0
     return {
         "compute": ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors,
-                                              max_tasks_in_flight_per_actor=1 if one_task_at_a_time else None),
+                                              max_tasks_in_flight_per_actor=1 if one_task_at_a_time
+                                              else resources.tasks_in_flight),
         "num_cpus": resources.num_cpus,
         "num_gpus": num_gpus,
         "batch_size": resources.batch_size,
         "batch_format": "pyarrow",
         "max_task_retries": task_retries,
     }
+
+
+def stage_times(ds) -> dict[str, dict]:
+    """Per operator of an executed dataset: its tasks, the seconds they ran (summed over tasks, so
+    busy time, not wall time: stages overlap) and their CPU seconds; from Ray Data's own stats."""
+    times = {}
+
+    def collect(summary) -> None:  # the plan's earlier operators sit in the parents' summaries
+        for parent in summary.parents:
+            collect(parent)
+        for op in summary.operators_stats:
+            if op.wall_time is not None and op.wall_time.count:
+                times[op.operator_name] = {"tasks": int(op.wall_time.count),
+                                           "task_seconds": round(op.wall_time.sum, 3),
+                                           "cpu_seconds": round(op.cpu_time.sum, 3) if op.cpu_time else None}
+
+    collect(ds.get_stats_summary())
+    return times
+
+
+def add_stage_times(total: dict[str, dict], more: dict[str, dict]) -> dict[str, dict]:
+    """Two passes' `stage_times` added up (a run's retry pass runs the same operators again)."""
+    merged = {name: dict(values) for name, values in total.items()}
+    for name, values in more.items():
+        into = merged.setdefault(name, {"tasks": 0, "task_seconds": 0.0, "cpu_seconds": 0.0})
+        for key, value in values.items():
+            into[key] = round((into[key] or 0) + (value or 0), 3)
+    return merged

@@ -1,22 +1,29 @@
 """Throughput of the full job against what a user would write and against the model's own limit.
 
     python bench/throughput.py --data ../shared/data --work /tmp/throughput [--scale 1.0]
+    python bench/throughput.py --data ../shared/data --only babelray --set embedding.torch_threads=2 ...
 
-Same model (the bundled e5-small), same chunks, same machine, one run each:
+Same model (the bundled e5-small), same chunks, same machine, one run each, each variant in a
+process of its own (so its peak RSS is its own):
 
 1. limit: the model's forward pass over pre-tokenized chunks, sorted by length and cut into
-   token-budget batches (tokenization not timed; no I/O, no Ray);
+   token-budget batches (tokenization not timed; no I/O, no Ray), once in one process with a
+   thread per core and once in one-thread processes, one per core, started together; the faster
+   of the two is the limit the ratios use;
 2. sentence-transformers `encode` over the same chunks in one process, at its default batch size
-   (32) and at 8;
+   (32), the baseline, and at 8;
 3. naive Ray Data: `map_batches` of 64 rows into an actor running `encode`, no length sorting
    across batches;
 4. babelray: the whole job (read, incremental, language ID, routing, chunking, embedding, LanceDB
-   write, full-text indexes), from the corpus folder to the table.
+   write, full-text indexes), from the corpus folder to the table, with configs/local.yaml.
 
-The chunks of 1-3 are the ones babelray wrote. Peak RSS is the largest sum over the process and
-all its descendants (Ray's workers included), sampled every 0.2 s. The corpus: FastAPI's English
-docs, the real code files and the XQuAD passages, `--scale` copies of each (a fraction keeps
-every n-th file).
+The chunks of 1-3 are the ones babelray wrote, with the prompt its table names. Tokens are the
+model's count for every row. Padding is padded tokens per real token: measured for the limit
+and babelray (its run summary), computed from `encode`'s batching rule for 2 and 3. Peak RSS is
+the largest sum over the variant's process and its descendants (Ray's workers included),
+sampled every 0.2 s. babelray's time per phase and per operator comes from its run summary.
+The corpus: FastAPI's English docs, the real code files and the XQuAD passages, `--scale`
+copies of each (a fraction keeps every n-th file).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import contextlib
 import json
 import math
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -38,10 +46,10 @@ THREADS = 2
 
 
 @contextlib.contextmanager
-def peak_rss():
-    """Yields a dict whose "mib" is the peak RSS (MiB) of this process and its descendants."""
+def peak_rss(root: psutil.Process):
+    """Yields a dict whose "mib" is the peak RSS (MiB) of `root` and its descendants."""
     result, done = {"mib": 0.0}, threading.Event()
-    me = psutil.Process()
+    me = root
 
     def sample():
         while not done.is_set():
@@ -81,52 +89,119 @@ def build_corpus(data: Path, folder: Path, scale: float) -> Path:
     return folder
 
 
-def run_babelray(corpus: Path, work: Path) -> dict:
+def override(cfg, assignment: str) -> None:
+    """`embedding.torch_threads=2`: set one config key (the value parsed as YAML)."""
+    import yaml
+
+    key, _, value = assignment.partition("=")
+    *path, name = key.split(".")
+    section = cfg
+    for part in path:
+        section = getattr(section, part)
+    setattr(section, name, yaml.safe_load(value))  # validated: the config models check assignments
+
+
+def run_babelray(corpus: Path, work: Path, settings: list[str]) -> dict:
     from babelray.testing import local_config
     from pipelines.ingest import run_ingest
 
     cfg = local_config(work, [corpus])
     cfg.index.after_ingest = True
-    with peak_rss() as rss:
-        started = time.perf_counter()
-        summary = run_ingest(cfg)
-        wall = time.perf_counter() - started
-    return {"wall": wall, "chunks": summary["chunks"], "rss": rss["mib"], "table": summary["table"]}
+    for assignment in settings:
+        override(cfg, assignment)
+    started = time.perf_counter()
+    summary = run_ingest(cfg)
+    return {"wall": time.perf_counter() - started, "chunks": summary["chunks"], "table": summary["table"],
+            "padding": summary["padding"], "seconds": summary["seconds"], "operators": summary["operators"]}
 
 
-def load_model():
+def load_model(threads: int = THREADS):
     from sentence_transformers import SentenceTransformer
 
     from babelray.bundled_e5 import ensure_bundled_model
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     return SentenceTransformer(str(ensure_bundled_model("multilingual-e5-small")), device="cpu")
 
 
-def run_limit(model, texts: list[str], batch_tokens: int = 2048, max_rows: int = 16) -> dict:
+def packed_batches(model, texts: list[str], batch_tokens: int = 2048, max_rows: int = 16) -> tuple[list, int, int]:
+    """Pre-tokenized, length-sorted token-budget batches; returns them, the real and the padded tokens."""
     from babelray.embedding_model import token_budget_batches
 
     ids = model.tokenizer(texts, add_special_tokens=True)["input_ids"]
     lengths = np.array([len(row) for row in ids])
     batches = [model.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, padding=True, return_tensors="pt")
                for rows in token_budget_batches(lengths, batch_tokens, max_rows)]
-    padded = sum(int(batch["input_ids"].numel()) for batch in batches)
-    with peak_rss() as rss, torch.inference_mode():
+    return batches, int(lengths.sum()), sum(int(batch["input_ids"].numel()) for batch in batches)
+
+
+def forward_all(model, batches: list) -> float:
+    with torch.inference_mode():
         started = time.perf_counter()
         for batch in batches:
             model(dict(batch))
-        wall = time.perf_counter() - started
-    return {"wall": wall, "chunks": len(texts), "tokens": int(lengths.sum()), "rss": rss["mib"],
-            "padding": padded / lengths.sum()}
+        return time.perf_counter() - started
 
 
-def run_encode(model, texts: list[str], batch_size: int) -> dict:
-    tokens = sum(len(row) for row in model.tokenizer(texts, add_special_tokens=True)["input_ids"])
-    with peak_rss() as rss:
-        started = time.perf_counter()
-        model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
-        wall = time.perf_counter() - started
-    return {"wall": wall, "chunks": len(texts), "tokens": tokens, "rss": rss["mib"]}
+def run_limit(texts: list[str]) -> dict:
+    model = load_model()
+    batches, tokens, padded = packed_batches(model, texts)
+    return {"wall": forward_all(model, batches), "chunks": len(texts), "tokens": tokens, "padding": padded / tokens}
+
+
+def _limit_worker(texts: list[str], ready, go, results) -> None:
+    model = load_model(threads=1)
+    batches, tokens, padded = packed_batches(model, texts)
+    ready.release()
+    go.wait()
+    results.put({"wall": forward_all(model, batches), "end": time.time(), "tokens": tokens, "padded": padded})
+
+
+def run_limit_processes(texts: list[str], processes: int = THREADS) -> dict:
+    """The same forward pass in `processes` one-thread processes, each over every n-th chunk (so
+    each gets a like mix of lengths), started together once all have loaded and tokenized."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ready, go, results = context.Semaphore(0), context.Event(), context.Queue()
+    workers = [context.Process(target=_limit_worker, args=(texts[i::processes], ready, go, results))
+               for i in range(processes)]
+    for worker in workers:
+        worker.start()
+    for _ in workers:
+        ready.acquire()
+    started = time.time()
+    go.set()
+    parts = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    tokens, padded = sum(p["tokens"] for p in parts), sum(p["padded"] for p in parts)
+    return {"wall": max(p["end"] for p in parts) - started, "chunks": len(texts), "tokens": tokens,
+            "padding": padded / tokens}
+
+
+def sorted_batch_padding(model, texts: list[str], batch_size: int, block_rows: int | None = None) -> float:
+    """Padding of `encode`'s batching, computed from its rule: each call sorts its texts by length in
+    characters (longest first) and pads each batch of `batch_size` to its longest; `block_rows`: the
+    texts reach it in calls of that many rows (the naive Ray pipeline) instead of one call."""
+    lengths = np.array([len(row) for row in model.tokenizer(texts, add_special_tokens=True)["input_ids"]])
+    chars = np.array([len(text) for text in texts])
+    padded = 0
+    for start in range(0, len(texts), block_rows or len(texts)):
+        block = np.arange(start, min(len(texts), start + (block_rows or len(texts))))
+        order = block[np.argsort(-chars[block], kind="stable")]
+        for first in range(0, len(order), batch_size):
+            rows = order[first:first + batch_size]
+            padded += len(rows) * int(lengths[rows].max())
+    return padded / lengths.sum()
+
+
+def run_encode(texts: list[str], batch_size: int) -> dict:
+    model = load_model()
+    started = time.perf_counter()
+    model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
+    wall = time.perf_counter() - started
+    return {"wall": wall, "chunks": len(texts), "padding": sorted_batch_padding(model, texts, batch_size)}
 
 
 class EncodeBatch:
@@ -140,55 +215,114 @@ class EncodeBatch:
         return batch
 
 
-def run_naive_ray(texts: list[str], tokens: int) -> dict:
+def run_naive_ray(texts: list[str], rows: int = 64) -> dict:
     import ray
 
-    with peak_rss() as rss:
-        started = time.perf_counter()
-        ds = ray.data.from_items([{"text": text} for text in texts])
-        ds.map_batches(EncodeBatch, batch_size=64, concurrency=1, num_cpus=THREADS).materialize()
-        wall = time.perf_counter() - started
-    return {"wall": wall, "chunks": len(texts), "tokens": tokens, "rss": rss["mib"]}
+    ray.init(num_cpus=THREADS, include_dashboard=False)
+    started = time.perf_counter()
+    ds = ray.data.from_items([{"text": text} for text in texts])
+    ds.map_batches(EncodeBatch, batch_size=rows, concurrency=1, num_cpus=THREADS).materialize()
+    wall = time.perf_counter() - started
+    ray.shutdown()
+    return {"wall": wall, "chunks": len(texts), "padding": sorted_batch_padding(load_model(), texts, rows, rows)}
+
+
+VARIANTS = {
+    "babelray": "babelray (read → language ID → chunk → embed → LanceDB, indexes included)",
+    "limit": f"limit: forward pass only, one process, {THREADS} threads, pre-tokenized, length-sorted token-budget "
+             "batches",
+    "limit-processes": f"limit: the same in {THREADS} one-thread processes at once",
+    "encode-32": "sentence-transformers `encode`, batch 32 (its default): the baseline",
+    "encode-8": "sentence-transformers `encode`, batch 8",
+    "naive-ray": "naive Ray Data: `map_batches` of 64 rows into an `encode` actor",
+}
+
+
+def run_variant(variant: str, work: Path, settings: list[str]) -> dict:
+    """One variant, in this process (the parent runs each in its own, so peak RSS is its own)."""
+    if variant == "babelray":
+        return run_babelray(work / "corpus", work, settings)
+    texts = json.loads((work / "chunks.json").read_text())
+    runs = {"limit": run_limit, "limit-processes": run_limit_processes, "naive-ray": run_naive_ray,
+            "encode-32": lambda t: run_encode(t, 32), "encode-8": lambda t: run_encode(t, 8)}
+    return runs[variant](texts)
+
+
+def in_subprocess(variant: str, work: Path, settings: list[str]) -> dict:
+    out = work / f"{variant}.json"
+    out.unlink(missing_ok=True)
+    process = psutil.Popen([sys.executable, __file__, "--variant", variant, "--work", str(work),
+                            *(f"--set={assignment}" for assignment in settings)])
+    with peak_rss(process) as rss:
+        if process.wait() != 0:
+            raise SystemExit(f"variant {variant} failed (exit {process.returncode})")
+    return {**json.loads(out.read_text()), "rss": rss["mib"]}
+
+
+def chunk_texts(table_uri: str) -> list[str]:
+    """The chunks babelray wrote, with e5's document prompt as babelray's table metadata says."""
+    import lancedb
+
+    uri, name = table_uri.rsplit("/", 1)
+    table = lancedb.connect(uri).open_table(name.removesuffix(".lance"))
+    prompt = json.loads(table.schema.metadata[b"babelray"])["document_prompt"]
+    return [prompt + text for text in table.to_arrow().column("text").to_pylist()]
+
+
+def report(results: dict, files: int) -> str:
+    limit_variant = min(("limit", "limit-processes"), key=lambda v: results[v]["wall"])
+    tokens = results["limit"]["tokens"]  # the model's own count, prompt and special tokens included
+    limit = tokens / results[limit_variant]["wall"]
+    baseline = tokens / results["encode-32"]["wall"]
+    lines = [f"{files} files, {results['limit']['chunks']} chunks, {tokens:,} tokens; the limit is the faster of "
+             f"the two limit rows ({limit_variant})", "",
+             "| variant | wall s | chunks/s | tokens/s | × limit | × baseline | padding | peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for variant, title in VARIANTS.items():
+        row = results[variant]
+        rate = tokens / row["wall"]
+        lines.append(f"| {title} | {row['wall']:.1f} | {row['chunks'] / row['wall']:.1f} | {rate:,.0f} | "
+                     f"{rate / limit:.2f} | {rate / baseline:.2f} | {row['padding']:.3f} | {row['rss']:,.0f} |")
+    babelray = results["babelray"]
+    lines += ["", "babelray, where the time went (seconds):", "",
+              "| phase or operator | wall s | task s (summed over tasks) | CPU s |", "|---|---:|---:|---:|"]
+    lines += [f"| {phase} | {value:.1f} | | |" for phase, value in babelray["seconds"].items()]
+    lines += [f"| {name} | | {values['task_seconds']:.1f} ({values['tasks']} tasks) | {values['cpu_seconds']:.1f} |"
+              for name, values in babelray["operators"].items()]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="the shared data folder (docs_fastapi/, code/, xquad/)")
+    parser.add_argument("--data", help="the shared data folder (docs_fastapi/, code/, xquad/)")
     parser.add_argument("--work", default="/tmp/throughput", help="scratch folder (corpus, table, results)")
     parser.add_argument("--scale", type=float, default=1.0, help="copies of the corpus (below 1: a share of it)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a configs/local.yaml key for the babelray run, e.g. embedding.torch_threads=2")
+    parser.add_argument("--only", choices=["babelray"], help="run babelray alone (to compare its settings)")
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # a child run
     args = parser.parse_args()
     work = Path(args.work)
+    if args.variant:
+        (work / f"{args.variant}.json").write_text(json.dumps(run_variant(args.variant, work, args.set), default=str))
+        return
+    if not args.data:
+        parser.error("--data is required")
     shutil.rmtree(work / "lancedb", ignore_errors=True)
     corpus = build_corpus(Path(args.data), work / "corpus", args.scale)
     files = sum(1 for path in corpus.rglob("*") if path.is_file())
 
-    import lancedb
-    import ray
-
-    results = {"babelray": run_babelray(corpus, work)}
-    uri, name = results["babelray"]["table"].rsplit("/", 1)
-    prompt = "passage: "  # e5's document prompt, as babelray's table metadata says
-    texts = [prompt + text for text in lancedb.connect(uri).open_table(name.removesuffix(".lance"))
-             .to_arrow().column("text").to_pylist()]
-    model = load_model()
-    results["limit"] = run_limit(model, texts)
-    # One token count for every row: the model's, prompt and special tokens included.
-    results["babelray"]["tokens"] = results["limit"]["tokens"]
-    results["encode, batch 32"] = run_encode(model, texts, 32)
-    results["encode, batch 8"] = run_encode(model, texts, 8)
-    results["naive Ray Data"] = run_naive_ray(texts, results["limit"]["tokens"])
-    ray.shutdown()
-
-    limit = results["limit"]["tokens"] / results["limit"]["wall"]
-    baseline = results["encode, batch 32"]["tokens"] / results["encode, batch 32"]["wall"]
-    print(f"\n{files} files, {len(texts)} chunks, {results['limit']['tokens']:,} tokens "
-          f"(padding of the limit's batches: {results['limit']['padding']:.3f}x real tokens)\n")
-    print("| variant | wall s | chunks/s | tokens/s | x limit | x baseline | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for variant, row in results.items():
-        rate = row["tokens"] / row["wall"]
-        print(f"| {variant} | {row['wall']:.1f} | {row['chunks'] / row['wall']:.1f} | {rate:,.0f} | "
-              f"{rate / limit:.2f} | {rate / baseline:.2f} | {row['rss']:,.0f} |")
+    results = {"babelray": in_subprocess("babelray", work, args.set)}
+    if args.only:
+        row = results["babelray"]
+        print(json.dumps({key: row[key] for key in ("wall", "chunks", "padding", "seconds", "operators", "rss")},
+                         indent=2))
+        return
+    (work / "chunks.json").write_text(json.dumps(chunk_texts(results["babelray"]["table"])))
+    for variant in VARIANTS:
+        if variant != "babelray":
+            results[variant] = in_subprocess(variant, work, [])
+    print("\n" + report(results, files))
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 

@@ -50,7 +50,11 @@ def chunk_id(doc_id: str, index: int) -> str:
 
 
 class ChunkDocuments:
-    def __init__(self, chunking: ChunkingConfig, embedding: EmbeddingConfig):
+    def __init__(self, chunking: ChunkingConfig, embedding: EmbeddingConfig, longest_first: bool = False):
+        """`longest_first`: return a batch's rows by token count, longest first, rather than in
+        document order. The pipeline asks for it: the blocks the embedding stage then takes hold
+        chunks of like length (little padding), and a run ends on short embedding tasks."""
+        self.longest_first = longest_first
         spec = load_model_spec(embedding)
         self.tokenizer = spec.tokenizer(trust_remote_code=embedding.trust_remote_code)
         self.max_tokens, self.overlap = chunk_budget(chunking, spec.max_seq_length,
@@ -62,7 +66,8 @@ class ChunkDocuments:
         for doc in batch.to_pylist():
             rows.extend(self.chunk_rows(doc))
         count_each("babelray_chunks_total", [row["kind"] for row in rows if row["reject_reason"] is None], "kind")
-        return pa.Table.from_pylist(rows, schema=CHUNKED_SCHEMA)
+        table = pa.Table.from_pylist(rows, schema=CHUNKED_SCHEMA)
+        return table.sort_by([("token_count", "descending")]) if self.longest_first else table
 
     def chunk_rows(self, doc: dict) -> list[dict]:
         # Without a translate stage in the plan these columns do not exist yet.

@@ -38,7 +38,8 @@ class EmbedChunks:
         details = batch.column("reject_detail").to_pylist()
         texts = batch.column("text").to_pylist()
 
-        tokens = np.zeros(n, dtype=np.int64)
+        model_tokens = np.zeros(n, dtype=np.int64)
+        padded_tokens = np.zeros(n, dtype=np.int64)
         todo = [i for i in range(n) if reasons[i] is None]
         for rows, result in self._embed_rows(todo, texts):
             if isinstance(result, Exception):
@@ -47,13 +48,14 @@ class EmbedChunks:
                 continue
             vectors[rows] = result.vectors
             norms[rows] = result.raw_norms
-            tokens[rows] = result.token_counts
+            model_tokens[rows] = result.token_counts
+            padded_tokens[rows] = result.padded_lengths
             embedded[rows] = True
 
         # The chunker's counts, which the run summary adds up; the model's own (prompt included) for
         # batches that come without them.
-        if "token_count" in batch.column_names:
-            tokens = batch.column("token_count").to_numpy(zero_copy_only=False)
+        tokens = (batch.column("token_count").to_numpy(zero_copy_only=False) if "token_count" in batch.column_names
+                  else model_tokens)
         count("babelray_tokens_embedded_total", int(tokens[embedded].sum()), model=self.model.model_id)
         now = datetime.now(timezone.utc)
         flat = pa.array(vectors.reshape(-1), pa.float32())
@@ -66,6 +68,9 @@ class EmbedChunks:
             "raw_norm": pa.array(norms, pa.float32(), mask=~embedded),
             "model": pa.array([self.model.model_id if ok else None for ok in embedded], pa.string()),
             "embedded_at": pa.array([now if ok else None for ok in embedded], self.fields["embedded_at"]),
+            # What the model was fed and what it computed, padding included: the run's padding waste.
+            "model_tokens": pa.array(model_tokens, self.fields["model_tokens"], mask=~embedded),
+            "padded_tokens": pa.array(padded_tokens, self.fields["padded_tokens"], mask=~embedded),
         })
 
     def _embed_rows(self, rows: list[int], texts: list[str]):

@@ -302,3 +302,9 @@ class ReadSources:
             for record in record_batch.to_pylist():
                 yield self._record_document(f"{source['doc_id']}:{row_number}", path, record)
                 row_number += 1
+
+
+def read_sources(batch: pa.Table, *, input_cfg: InputConfig, only_docs: frozenset[str] | None = None):
+    """`ReadSources` as a Ray task (reading holds no model, so no actor). It lives here, not in the
+    pipeline, so a task worker imports only this module, not the whole job with torch and lancedb."""
+    yield from ReadSources(input_cfg, only_docs)(batch)

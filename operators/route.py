@@ -37,3 +37,8 @@ class RouteDocuments:
                 batch.column("lang_score").to_pylist(), batch.column("reject_reason").to_pylist())
         ]
         return append_columns(batch, {"route": pa.array(routes, pa.string())})
+
+
+def route_documents(batch: pa.Table, *, routing_cfg: RoutingConfig) -> pa.Table:
+    """`RouteDocuments` as a Ray task; here rather than in the pipeline so its worker stays light."""
+    return RouteDocuments(routing_cfg)(batch)

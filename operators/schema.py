@@ -83,11 +83,13 @@ def embedding_fields(dimensions: int) -> list[tuple[str, pa.DataType]]:
         ("raw_norm", pa.float32()),
         ("model", pa.string()),
         ("embedded_at", pa.timestamp("us", tz="UTC")),
+        ("model_tokens", pa.int32()),  # tokens the model read, prompt and special tokens included
+        ("padded_tokens", pa.int32()),  # the padded length of the batch it went in: what it cost
     ]
 
 
 # Columns that only travel through the run; the sink keeps them out of the table.
-RUN_ONLY_COLUMNS = ["reject_stage", "reject_reason", "reject_detail", "change"]
+RUN_ONLY_COLUMNS = ["reject_stage", "reject_reason", "reject_detail", "change", "model_tokens", "padded_tokens"]
 # Added by the sink: the config fingerprint (Config.fingerprint) the row was embedded with.
 FINGERPRINT_FIELD = pa.field("embedding_fingerprint", pa.string())
 

@@ -20,13 +20,13 @@ import ray
 from babelray import __version__
 from babelray.config import Config
 from babelray.embedding_model import load_model_spec
-from babelray.runtime import actor_options, cluster_has_gpus, init_ray
+from babelray.runtime import actor_options, add_stage_times, cluster_has_gpus, init_ray, stage_times
 from operators.chunk import ChunkDocuments
 from operators.embed import EmbedChunks
 from operators.incremental import ClassifyChanges, RunLedger
 from operators.langid import DetectLanguage
-from operators.read import ReadSources, list_sources
-from operators.route import RouteDocuments
+from operators.read import list_sources, read_sources
+from operators.route import route_documents
 from operators.schema import REJECT_WORKER_CRASHED
 from operators.sink import TableState, TableWriter, connect, open_table, read_table_metadata, table_uri
 from operators.summary import new_run_id, write_summary
@@ -44,20 +44,15 @@ LIGHT_TASK_CPUS = 0.25
 INCREMENTAL_CPUS = 0
 
 
-def read_sources(batch, *, input_cfg, only_docs=None):
-    # Reading holds no model, so it runs as plain tasks rather than actors.
-    yield from ReadSources(input_cfg, only_docs)(batch)
-
-
-def route_documents(batch, *, routing_cfg):
-    return RouteDocuments(routing_cfg)(batch)
-
-
 @dataclass(frozen=True)
 class Stage:
     name: str
     operator: Any
     kwargs: dict  # map_batches keyword arguments
+    # Re-cut the input into blocks of at most this many rows first. Ray Data never splits a block
+    # between tasks, so one block of many documents' chunks would be one long task on one actor, and
+    # its output would reach the sink only when all of it is done.
+    rows_per_block: int | None = None
 
 
 def stages(cfg: Config, has_gpus: bool | None, known: TableState | None = None, ledger=None,
@@ -91,10 +86,10 @@ def stages(cfg: Config, has_gpus: bool | None, known: TableState | None = None, 
         *([Stage("translate", TranslateDocuments, {"fn_constructor_args": (cfg.translation,),
                                                    **actors(cfg.translation.resources)})]
           if cfg.translation.enabled else []),
-        Stage("chunk", ChunkDocuments, {"fn_constructor_args": (cfg.chunking, cfg.embedding),
+        Stage("chunk", ChunkDocuments, {"fn_constructor_args": (cfg.chunking, cfg.embedding, True),
                                         **actors(cfg.chunking.resources)}),
-        Stage("embed", EmbedChunks, {"fn_constructor_args": (cfg.embedding,),
-                                     **actors(cfg.embedding.resources)}),
+        Stage("embed", EmbedChunks, {"fn_constructor_args": (cfg.embedding,), **actors(cfg.embedding.resources)},
+              rows_per_block=cfg.embedding.resources.batch_size),
     ]
 
 
@@ -121,12 +116,18 @@ def failure_budget(cfg: Config, one_row_blocks: bool = False):
         context.max_errored_blocks, context.target_max_block_size = saved
 
 
-def stream_into(writer: TableWriter, sources: list[dict], plan: list[Stage]) -> None:
+def stream_into(writer: TableWriter, sources: list[dict], plan: list[Stage]) -> dict[str, dict]:
+    """Run the plan over `sources` into the writer; returns Ray Data's time per operator."""
     ds = ray.data.from_items(sources)
     for stage in plan:
+        if stage.rows_per_block:
+            # Ray Data's streaming re-cut: light tasks that slice blocks; each asks Ray for a whole CPU,
+            # so the actor stages must leave one free on some node (configs/local.yaml says how).
+            ds = ds.repartition(target_num_rows_per_block=stage.rows_per_block)
         ds = ds.map_batches(stage.operator, **stage.kwargs)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         writer.add(batch)
+    return stage_times(ds)
 
 
 def lost_documents(ledger, writer: TableWriter, sources: list[dict]) -> dict[str, str]:
@@ -146,6 +147,8 @@ def describe_plan(cfg: Config, sources: list[dict], plan: list[Stage]) -> str:
     lines = [f"input: {len(sources)} source files from {cfg.input.paths}"]
     for stage in plan:
         kwargs = stage.kwargs
+        if stage.rows_per_block:
+            lines.append(f"  {'':<12} {'(re-cut)':<16} {'tasks':<12} blocks of at most {stage.rows_per_block} rows")
         pool = kwargs.get("compute")
         runs_as = f"actors {pool.min_size}..{pool.max_size}" if pool else "tasks"
         lines.append(f"  {stage.name:<12} {stage.operator.__name__:<16} {runs_as:<12} "
@@ -179,6 +182,7 @@ def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False, table
     if not sources:
         raise ValueError(f"no input files under {cfg.input.paths}")
     init_ray(cfg.ray)
+    seconds = {"startup": time.perf_counter() - started}
     run_id = new_run_id()
     metadata = {**spec.table_metadata(cfg.embedding), "fingerprint": cfg.fingerprint(),
                 "pipeline_version": __version__}
@@ -189,23 +193,31 @@ def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False, table
                              commit_rows=cfg.run.commit_rows)  # refuses another config's table
         known = writer.known
         ledger, has_gpus = RunLedger.remote(), cluster_has_gpus()
+        streaming = time.perf_counter()
         with failure_budget(cfg):
-            stream_into(writer, sources, stages(cfg, has_gpus, known, ledger, only_docs=redo, redo=redo_ids))
+            operators = stream_into(writer, sources, stages(cfg, has_gpus, known, ledger, only_docs=redo,
+                                                             redo=redo_ids))
         lost = lost_documents(ledger, writer, sources)
         if lost:  # a worker died on their block, retries included: find the culprit, spare the rest
             logger.warning("%d documents were in blocks whose worker died; retrying them one at a time", len(lost))
             lost_paths = set(lost.values())
             retry = [row for row in sources if row["doc_id"] in lost or row["fs_path"] in lost_paths]
             with failure_budget(cfg, one_row_blocks=True):
-                stream_into(writer, retry, stages(isolated(cfg), has_gpus, known, ledger, frozenset(lost), redo_ids,
-                                                  isolate=True))
+                operators = add_stage_times(operators, stream_into(
+                    writer, retry, stages(isolated(cfg), has_gpus, known, ledger, frozenset(lost), redo_ids,
+                                          isolate=True)))
             writer.reject(lost_documents(ledger, writer, retry), "pipeline", REJECT_WORKER_CRASHED,
                           f"the worker process died on it {cfg.run.task_retries + 1} times, also alone in "
                           "its batch; its error is in the Ray worker logs")
         ray.kill(ledger)
+        seconds["stream"] = time.perf_counter() - streaming  # the rounds committed on the way included
+        finishing = time.perf_counter()
         commit = writer.finish(prune=prune)
+        seconds["last_commit"] = time.perf_counter() - finishing
+        indexing = time.perf_counter()
         indexes = (build_indexes(cfg, names.chunks, keep_current=True)
                    if cfg.index.after_ingest and commit.table_rows else [])
+        seconds["indexes"] = time.perf_counter() - indexing
         alias = switch_to(cfg.sink, names, run_id) if switch else None
 
     wall = time.perf_counter() - started
@@ -226,6 +238,8 @@ def run_ingest(cfg: Config, *, dry_run: bool = False, prune: bool = False, table
         "wall_seconds": round(wall, 3),
         "documents_per_second": summary["documents_in"] / wall,
         "tokens_per_second": summary["tokens"] / wall,
+        "seconds": {phase: round(value, 3) for phase, value in seconds.items()},
+        "operators": operators,
     })
     summary["summary_path"] = str(write_summary(summary, cfg.run.summary_dir, run_id))
     return summary

@@ -56,6 +56,21 @@ def test_counts_add_up(ingested):
     assert written["chunks"] == summary["chunks"]
 
 
+def test_summary_says_where_the_time_went_and_the_padding(ingested):
+    cfg, summary, table = ingested
+    assert set(summary["seconds"]) == {"startup", "stream", "last_commit", "indexes"}
+    assert sum(summary["seconds"].values()) <= summary["wall_seconds"]
+    embed = summary["operators"]["MapBatches(EmbedChunks)"]
+    # The chunks reach the embedding actors in blocks of at most a batch (a task may take a short
+    # block and a full one), not in one block per read or per chunking task.
+    rows = cfg.embedding.resources.batch_size
+    assert embed["tasks"] >= summary["chunks"] / (2 * rows) and embed["task_seconds"] > 0
+    assert summary["operators"]["MapBatches(ChunkDocuments)"]["tasks"] >= 1
+    assert summary["model_tokens"] > summary["tokens"]  # the prompt and special tokens on top
+    assert 1.0 <= summary["padding"] < 1.5
+    assert "model_tokens" not in table.schema.names and "padded_tokens" not in table.schema.names
+
+
 def test_schema_and_vectors(ingested):
     _, summary, table = ingested
     vector_type = table.schema.field("vector").type

@@ -41,6 +41,19 @@ def test_chunk_operator_splits_passes_rejects_and_ids(tiny_qwen3_dir):
     assert rejected["reject_reason"] == "empty" and rejected["chunk_id"] is None
 
 
+def test_chunk_operator_can_order_a_batch_longest_first(tiny_qwen3_dir):
+    """What the pipeline asks for: like lengths end up side by side for the embedding stage."""
+    chunker = ChunkDocuments(ChunkingConfig(max_tokens=40, overlap=8), EmbeddingConfig(model=str(tiny_qwen3_dir)),
+                             longest_first=True)
+    docs = _documents([{"doc_id": "short.txt", "text": "Tea."},
+                       {"doc_id": "long.txt", "text": " ".join(["Kettles boil water for tea."] * 30)}])
+    out = chunker(docs).to_pylist()
+    counts = [row["token_count"] for row in out]
+    assert counts == sorted(counts, reverse=True) and len(set(counts)) > 1
+    assert out[-1]["doc_id"] == "short.txt"
+    assert sorted(row["chunk_index"] for row in out if row["doc_id"] == "long.txt") == list(range(len(out) - 1))
+
+
 def test_embed_operator_isolates_a_poison_row(tiny_qwen3_dir):
     embedder = EmbedChunks(EmbeddingConfig(model=str(tiny_qwen3_dir), dimensions=32))
     batch = _documents([
@@ -60,3 +73,18 @@ def test_embed_operator_isolates_a_poison_row(tiny_qwen3_dir):
         assert rows[doc]["reject_reason"] is None and rows[doc]["model"] == str(tiny_qwen3_dir)
         assert np.linalg.norm(rows[doc]["vector"]) == pytest.approx(1.0, abs=1e-5)
         assert rows[doc]["raw_norm"] > 0 and rows[doc]["embedded_at"] is not None
+    assert rows["poison"]["model_tokens"] is None and rows["poison"]["padded_tokens"] is None
+
+
+def test_embed_operator_reports_model_and_padded_tokens(tiny_qwen3_dir):
+    """Each row says what the model read for it and the padded length of the batch it went in."""
+    embedder = EmbedChunks(EmbeddingConfig(model=str(tiny_qwen3_dir), batch_tokens=10_000, max_batch_rows=2))
+    texts = ["Tea.", "Tea is brewed with hot water from a kettle that switches off at the boil.",
+             "Kettles.", "A much longer sentence about kettles, tea, water and the boiling point."]
+    rows = embedder(_documents([{"doc_id": f"d{i}", "text": text} for i, text in enumerate(texts)])).to_pylist()
+    lengths = [len(embedder.model.tokenizer(text)["input_ids"]) for text in texts]
+    assert [row["model_tokens"] for row in rows] == lengths
+    # Sorted by length and two rows a batch: the two short texts together, the two long ones together.
+    short, long = sorted(range(4), key=lengths.__getitem__)[:2], sorted(range(4), key=lengths.__getitem__)[2:]
+    for pair in (short, long):
+        assert [rows[i]["padded_tokens"] for i in pair] == [max(lengths[i] for i in pair)] * 2
