@@ -4,12 +4,12 @@ measures the pipeline (reading, language ID, chunking, the LanceDB commits), not
     python bench/scale.py --data ../shared/data --work /tmp/scale --docs 100000
     python bench/scale.py --data ../shared/data --work /tmp/scale --docs 1000000
 
-Documents: 1 to 12 sentences drawn at random from the language-ID sentences of 75 languages
-(`lid/sentences/`), written as Parquet files of 1,000 documents (generated once per size and
-kept under --work). Model: a random-weight Qwen3 (hidden size 64, two layers) with the real
-Qwen3 tokenizer, built by `babelray.testing.build_tiny_qwen3`. Config: configs/local.yaml
-with two chunking actors and two embedding actors taking tasks of 1,024 rows (see below),
-indexes included.
+Documents: a sentence drawn at random from the language-ID sentences of 75 languages
+(`lid/sentences/`) and up to three more of its language (mostly one or two sentences in all),
+written as Parquet files of 1,000 documents (generated once per size, kept under --work).
+Model: a random-weight Qwen3 (hidden size 64, two layers) with the real Qwen3 tokenizer,
+built by `babelray.testing.build_tiny_qwen3`. Config: configs/local.yaml with two chunking
+actors and two embedding actors taking tasks of 1,024 rows (see below), indexes included.
 
 Reports wall time, documents/s and peak RSS, sampled every 0.5 s: the driver alone, the Ray
 workers together (every process below the driver except Ray's own services), and the largest
@@ -53,9 +53,9 @@ def generate(data: Path, folder: Path, docs: int, seed: int = 0) -> list[Path]:
         for row in range(n):
             lang, first = rng.choice(sentences)
             # Mostly one language per document, as real pages are.
-            same = [line for code, line in rng.sample(sentences, 40) if code == lang][:11]
+            same = [line for code, line in rng.sample(sentences, 40) if code == lang][:3]
             ids.append(f"doc-{index * DOCS_PER_FILE + row:08d}")
-            texts.append(" ".join([first, *same[: rng.randint(0, 11)]]))
+            texts.append(" ".join([first, *same[: rng.randint(0, 3)]]))
         pq.write_table(pa.table({"id": ids, "text": texts}), path)
     (folder / "docs").write_text(str(docs))
     return files
