@@ -14,11 +14,14 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from babelray.config import EmbeddingConfig
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ def resolve_model_path(model: str) -> str:
 
 
 def pick_device(requested: str) -> str:
+    import torch  # here, not at the top: the driver and the chunking actors read model specs without it
+
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
@@ -44,6 +49,8 @@ def pick_device(requested: str) -> str:
 
 
 def pick_dtype(requested: str, device: str) -> torch.dtype:
+    import torch
+
     if requested == "auto":
         # CPU half precision is several times slower than fp32 on common server CPUs.
         return torch.bfloat16 if device == "cuda" else torch.float32
@@ -153,6 +160,7 @@ class EmbeddingModel:
     """One loaded model; build it once per actor."""
 
     def __init__(self, cfg: EmbeddingConfig, spec: ModelSpec | None = None):
+        import torch
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
@@ -172,6 +180,7 @@ class EmbeddingModel:
             model_kwargs={"dtype": self.dtype},
         )
         self.st.eval()
+        self._inference_mode = torch.inference_mode
         self._modules = [module for module in self.st if not isinstance(module, Normalize)]
         pooling = next((m for m in self._modules if isinstance(m, Pooling)), None)
         if pooling is None:
@@ -216,12 +225,12 @@ class EmbeddingModel:
             padded[batch_rows] = lengths[batch_rows].max()
         return EmbeddingBatch(vectors=vectors, raw_norms=raw_norms, token_counts=lengths, padded_lengths=padded)
 
-    @torch.inference_mode()
     def _forward(self, input_ids: list[list[int]]) -> np.ndarray:
         features = self.tokenizer.pad({"input_ids": input_ids}, padding=True, return_tensors="pt")
         features = {name: tensor.to(self.device) for name, tensor in features.items()}
-        for module in self._modules:
-            features = module(features)
+        with self._inference_mode():
+            for module in self._modules:
+                features = module(features)
         return features["sentence_embedding"].float().cpu().numpy()
 
 

@@ -14,28 +14,26 @@ actors and two embedding actors taking tasks of 1,024 rows (see below), indexes 
 Reports wall time, documents/s and peak RSS, sampled every 0.5 s: the driver alone, the Ray
 workers together (every process below the driver except Ray's own services), and the largest
 single worker; over the whole run and per phase of the run summary (startup, the stream with
-its commits, the last commit, the indexes). Cost should grow linearly with the documents and memory stay flat, since Ray
-Data streams the documents and the sink commits them in rounds.
+its commits, the last commit, the indexes); and the CPU seconds of those processes by role
+(bench/processes.py). Cost should grow linearly with the documents and memory stay flat, since
+Ray Data streams the documents and the sink commits them in rounds.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
 import shutil
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from processes import sampled
+
 DOCS_PER_FILE = 1_000
-RAY_SERVICES = ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env", "DashboardAgent",
-                "RuntimeEnvAgent")
 
 
 def generate(data: Path, folder: Path, docs: int, seed: int = 0) -> list[Path]:
@@ -59,45 +57,6 @@ def generate(data: Path, folder: Path, docs: int, seed: int = 0) -> list[Path]:
         pq.write_table(pa.table({"id": ids, "text": texts}), path)
     (folder / "docs").write_text(str(docs))
     return files
-
-
-@contextlib.contextmanager
-def memory_samples():
-    """Yields a list that fills with (seconds since start, driver MiB, all workers MiB, largest worker MiB)
-    every 0.5 s; a worker is any process below this one but Ray's own services."""
-    samples, done = [], threading.Event()
-    me, started = psutil.Process(), time.perf_counter()
-
-    def sample():
-        while not done.is_set():
-            workers = []
-            for process in me.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    if not any(name in " ".join(process.cmdline()) for name in RAY_SERVICES):
-                        workers.append(process.memory_info().rss / 2**20)
-            with contextlib.suppress(psutil.Error):
-                samples.append((time.perf_counter() - started, me.memory_info().rss / 2**20, sum(workers),
-                                max(workers, default=0.0)))
-            done.wait(0.5)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield samples
-    finally:
-        done.set()
-        thread.join()
-
-
-def peaks_by_phase(samples: list[tuple], seconds: dict[str, float]) -> dict[str, dict]:
-    """Peak driver / workers / largest-worker RSS within each phase of the run summary."""
-    peaks, start = {}, 0.0
-    for phase, length in seconds.items():
-        inside = [row for row in samples if start <= row[0] < start + length] or [(0, 0.0, 0.0, 0.0)]
-        peaks[phase] = {"driver": round(max(row[1] for row in inside)), "workers": round(max(row[2] for row in inside)),
-                        "largest_worker": round(max(row[3] for row in inside))}
-        start += length
-    return peaks
 
 
 def main() -> None:
@@ -125,18 +84,22 @@ def main() -> None:
     # tasks take seconds; the tiny model's take milliseconds, and would wait on Ray's task round trips.
     cfg.embedding.resources.batch_size = 1024
     cfg.embedding.resources.tasks_in_flight = None
+    # A model this small gains nothing from a second thread; two one-thread actors instead.
+    cfg.embedding.torch_threads = 1
+    cfg.embedding.resources.max_actors = cfg.embedding.resources.min_actors = 2
     # Chunking is as much of the work as the tiny model here: two actors for each.
     cfg.chunking.resources.max_actors = cfg.chunking.resources.min_actors = 2
-    with memory_samples() as samples:
+    with sampled() as usage:
         summary = run_ingest(cfg)
+    phases, start = {}, 0.0
+    for phase, length in summary["seconds"].items():
+        phases[phase], start = usage.peaks(start, start + length), start + length
     result = {"docs": args.docs, "wall_s": summary["wall_seconds"], "docs_per_s": summary["documents_per_second"],
               "seconds": summary["seconds"], "chunks": summary["chunks"],
               "documents_embedded": summary["documents_embedded"], "documents_rejected": summary["documents_rejected"],
               "table_rows": summary["table_rows"], "commits": summary["commits"],
-              "peak_rss_mib": {"driver": round(max(row[1] for row in samples)),
-                               "workers": round(max(row[2] for row in samples)),
-                               "largest_worker": round(max(row[3] for row in samples))},
-              "peak_rss_mib_by_phase": peaks_by_phase(samples, summary["seconds"])}
+              "peak_rss_mib": usage.peaks(), "peak_rss_mib_by_phase": phases,
+              "cpu_seconds": usage.cpu_seconds, "machine_cpu_seconds": usage.machine}
     print(json.dumps(result, indent=2))
     (work / f"result-{args.docs}.json").write_text(json.dumps(result, indent=2))
 

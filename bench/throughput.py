@@ -20,8 +20,8 @@ process of its own (so its peak RSS is its own):
 The chunks of 1-3 are the ones babelray wrote, with the prompt its table names. Tokens are the
 model's count for every row. Padding is padded tokens per real token: measured for the limit
 and babelray (its run summary), computed from `encode`'s batching rule for 2 and 3. Peak RSS is
-the largest sum over the variant's process and its descendants (Ray's workers included),
-sampled every 0.2 s. babelray's time per phase and per operator comes from its run summary.
+the largest sum over the variant's process and its descendants (Ray's workers and services
+included), sampled every 0.5 s, as are the CPU seconds of babelray's processes by role. babelray's time per phase and per operator comes from its run summary.
 The corpus: FastAPI's English docs, the real code files and the XQuAD passages, `--scale`
 copies of each (a fraction keeps every n-th file).
 """
@@ -29,12 +29,10 @@ copies of each (a fraction keeps every n-th file).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -42,31 +40,9 @@ import numpy as np
 import psutil
 import torch
 
+from processes import sampled
+
 THREADS = 2
-
-
-@contextlib.contextmanager
-def peak_rss(root: psutil.Process):
-    """Yields a dict whose "mib" is the peak RSS (MiB) of `root` and its descendants."""
-    result, done = {"mib": 0.0}, threading.Event()
-    me = root
-
-    def sample():
-        while not done.is_set():
-            total = 0
-            for process in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += process.memory_info().rss
-            result["mib"] = max(result["mib"], total / 2**20)
-            done.wait(0.2)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield result
-    finally:
-        done.set()
-        thread.join()
 
 
 def build_corpus(data: Path, folder: Path, scale: float) -> Path:
@@ -253,10 +229,22 @@ def in_subprocess(variant: str, work: Path, settings: list[str]) -> dict:
     out.unlink(missing_ok=True)
     process = psutil.Popen([sys.executable, __file__, "--variant", variant, "--work", str(work),
                             *(f"--set={assignment}" for assignment in settings)])
-    with peak_rss(process) as rss:
+    with sampled(process) as usage:
         if process.wait() != 0:
             raise SystemExit(f"variant {variant} failed (exit {process.returncode})")
-    return {**json.loads(out.read_text()), "rss": rss["mib"]}
+    windows = range(0, math.ceil(usage.samples[-1][0] / 10) * 10 if usage.samples else 0, 10)
+    return {**json.loads(out.read_text()), "rss": usage.peak_mib, "cpu_seconds": usage.cpu_seconds,
+            "machine": usage.machine, "idle_by_10s": [usage.idle_between(start, start + 10) for start in windows]}
+
+
+def model_tokens(texts: list[str]) -> int:
+    """The model's own token count over the chunks, prompt and special tokens included."""
+    from transformers import AutoTokenizer
+
+    from babelray.bundled_e5 import ensure_bundled_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(ensure_bundled_model("multilingual-e5-small")))
+    return sum(len(row) for row in tokenizer(texts, add_special_tokens=True)["input_ids"])
 
 
 def chunk_texts(table_uri: str) -> list[str]:
@@ -270,25 +258,42 @@ def chunk_texts(table_uri: str) -> list[str]:
 
 
 def report(results: dict, files: int) -> str:
-    limit_variant = min(("limit", "limit-processes"), key=lambda v: results[v]["wall"])
-    tokens = results["limit"]["tokens"]  # the model's own count, prompt and special tokens included
-    limit = tokens / results[limit_variant]["wall"]
-    baseline = tokens / results["encode-32"]["wall"]
-    lines = [f"{files} files, {results['limit']['chunks']} chunks, {tokens:,} tokens; the limit is the faster of "
-             f"the two limit rows ({limit_variant})", "",
+    """The table of the variants that ran, with ratios to the limit and the baseline when they ran too."""
+    limits = [variant for variant in ("limit", "limit-processes") if variant in results]
+    limit_variant = min(limits, key=lambda v: results[v]["wall"]) if limits else None
+    tokens = json.loads(Path(results["_work"]).joinpath("tokens.json").read_text())["tokens"]
+    limit = tokens / results[limit_variant]["wall"] if limit_variant else None
+    baseline = tokens / results["encode-32"]["wall"] if "encode-32" in results else None
+    lines = [f"{files} files, {results['_chunks']} chunks, {tokens:,} tokens (the model's count, prompt and special "
+             f"tokens included); the limit is the faster of the limit rows ({limit_variant or 'not run'})", "",
              "| variant | wall s | chunks/s | tokens/s | × limit | × baseline | padding | peak RSS MiB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for variant, title in VARIANTS.items():
+        if variant not in results:
+            continue
         row = results[variant]
         rate = tokens / row["wall"]
-        lines.append(f"| {title} | {row['wall']:.1f} | {row['chunks'] / row['wall']:.1f} | {rate:,.0f} | "
-                     f"{rate / limit:.2f} | {rate / baseline:.2f} | {row['padding']:.3f} | {row['rss']:,.0f} |")
-    babelray = results["babelray"]
-    lines += ["", "babelray, where the time went (seconds):", "",
-              "| phase or operator | wall s | task s (summed over tasks) | CPU s |", "|---|---:|---:|---:|"]
-    lines += [f"| {phase} | {value:.1f} | | |" for phase, value in babelray["seconds"].items()]
-    lines += [f"| {name} | | {values['task_seconds']:.1f} ({values['tasks']} tasks) | {values['cpu_seconds']:.1f} |"
-              for name, values in babelray["operators"].items()]
+        ratio_limit = f"{rate / limit:.2f}" if limit else "–"
+        ratio_baseline = f"{rate / baseline:.2f}" if baseline else "–"
+        lines.append(f"| {title} | {row['wall']:.1f} | {results['_chunks'] / row['wall']:.1f} | {rate:,.0f} | "
+                     f"{ratio_limit} | {ratio_baseline} | {row['padding']:.3f} | {row['rss']:,.0f} |")
+    if "babelray" in results:
+        babelray = results["babelray"]
+        lines += ["", "babelray, where the time went (seconds):", "",
+                  "| phase or operator | wall s | task s (summed over tasks) | CPU s |", "|---|---:|---:|---:|"]
+        lines += [f"| {phase} | {value:.1f} | | |" for phase, value in babelray["seconds"].items()]
+        lines += [f"| {name} | | {values['task_seconds']:.1f} ({values['tasks']} tasks) | "
+                  f"{values['cpu_seconds']:.1f} |" for name, values in babelray["operators"].items()]
+        lines += ["", cpu_table(babelray)]
+    return "\n".join(lines)
+
+
+def cpu_table(row: dict) -> str:
+    """Where the machine's CPU seconds went while a variant ran: its processes by role, and idle."""
+    lines = [f"CPU seconds over {row['wall']:.1f} s of wall time, the whole machine: {row['machine']['busy']:.1f} busy, "
+             f"{row['machine']['idle']:.1f} idle; idle by 10-second window: "
+             f"{' '.join(f'{seconds:g}' for seconds in row['idle_by_10s'])}", "", "| process | CPU s |", "|---|---:|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in row["cpu_seconds"].items() if seconds >= 0.1]
     return "\n".join(lines)
 
 
@@ -299,7 +304,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="copies of the corpus (below 1: a share of it)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a configs/local.yaml key for the babelray run, e.g. embedding.torch_threads=2")
-    parser.add_argument("--only", choices=["babelray"], help="run babelray alone (to compare its settings)")
+    parser.add_argument("--only", type=lambda text: text.split(","), default=list(VARIANTS),
+                        help="comma-separated variants to run (default: all), e.g. babelray to compare its "
+                             f"settings; the others need an earlier babelray run's chunks. Variants: {', '.join(VARIANTS)}")
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # a child run
     args = parser.parse_args()
     work = Path(args.work)
@@ -308,20 +315,25 @@ def main() -> None:
         return
     if not args.data:
         parser.error("--data is required")
-    shutil.rmtree(work / "lancedb", ignore_errors=True)
+    unknown = set(args.only) - set(VARIANTS)
+    if unknown:
+        parser.error(f"--only: no variant {', '.join(sorted(unknown))}")
     corpus = build_corpus(Path(args.data), work / "corpus", args.scale)
     files = sum(1 for path in corpus.rglob("*") if path.is_file())
 
-    results = {"babelray": in_subprocess("babelray", work, args.set)}
-    if args.only:
-        row = results["babelray"]
-        print(json.dumps({key: row[key] for key in ("wall", "chunks", "padding", "seconds", "operators", "rss")},
-                         indent=2))
-        return
-    (work / "chunks.json").write_text(json.dumps(chunk_texts(results["babelray"]["table"])))
-    for variant in VARIANTS:
+    results = {}
+    if "babelray" in args.only:
+        shutil.rmtree(work / "lancedb", ignore_errors=True)
+        results["babelray"] = in_subprocess("babelray", work, args.set)
+        texts = chunk_texts(results["babelray"]["table"])
+        (work / "chunks.json").write_text(json.dumps(texts))
+        (work / "tokens.json").write_text(json.dumps({"tokens": model_tokens(texts)}))
+    elif not (work / "chunks.json").exists():
+        parser.error(f"no chunks in {work} yet: run the babelray variant first")
+    for variant in args.only:
         if variant != "babelray":
             results[variant] = in_subprocess(variant, work, [])
+    results.update(_work=str(work), _chunks=len(json.loads((work / "chunks.json").read_text())))
     print("\n" + report(results, files))
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
 

@@ -116,14 +116,22 @@ def failure_budget(cfg: Config, one_row_blocks: bool = False):
         context.max_errored_blocks, context.target_max_block_size = saved
 
 
+def recut(ds: ray.data.Dataset, rows_per_block: int) -> ray.data.Dataset:
+    """Ray Data's streaming re-cut into blocks of at most `rows_per_block` rows, in light tasks.
+    `Dataset.repartition` offers no resource arguments, and its tasks asked for a whole CPU each: on a
+    small node, while the read and route tasks held fractions of every CPU, none ran, and the embedding
+    actors starved for minutes (2.5 min of a 1M-document run). Slicing blocks is light work."""
+    ds = ds.repartition(target_num_rows_per_block=rows_per_block)
+    ds._logical_plan.dag.ray_remote_args["num_cpus"] = LIGHT_TASK_CPUS  # the StreamingRepartition just made
+    return ds
+
+
 def stream_into(writer: TableWriter, sources: list[dict], plan: list[Stage]) -> dict[str, dict]:
     """Run the plan over `sources` into the writer; returns Ray Data's time per operator."""
     ds = ray.data.from_items(sources)
     for stage in plan:
         if stage.rows_per_block:
-            # Ray Data's streaming re-cut: light tasks that slice blocks; each asks Ray for a whole CPU,
-            # so the actor stages must leave one free on some node (configs/local.yaml says how).
-            ds = ds.repartition(target_num_rows_per_block=stage.rows_per_block)
+            ds = recut(ds, stage.rows_per_block)
         ds = ds.map_batches(stage.operator, **stage.kwargs)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         writer.add(batch)
@@ -148,7 +156,8 @@ def describe_plan(cfg: Config, sources: list[dict], plan: list[Stage]) -> str:
     for stage in plan:
         kwargs = stage.kwargs
         if stage.rows_per_block:
-            lines.append(f"  {'':<12} {'(re-cut)':<16} {'tasks':<12} blocks of at most {stage.rows_per_block} rows")
+            lines.append(f"  {'':<12} {'(re-cut)':<16} {'tasks':<12} cpus={LIGHT_TASK_CPUS} "
+                         f"blocks of at most {stage.rows_per_block} rows")
         pool = kwargs.get("compute")
         runs_as = f"actors {pool.min_size}..{pool.max_size}" if pool else "tasks"
         lines.append(f"  {stage.name:<12} {stage.operator.__name__:<16} {runs_as:<12} "

@@ -14,7 +14,7 @@ import pytest
 from babelray.cli import main
 from babelray.testing import local_config
 from babelray.embedding_model import EmbeddingModel
-from pipelines.ingest import run_ingest
+from pipelines.ingest import recut, run_ingest
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "samples" / "corpus" / "docs"
@@ -31,6 +31,24 @@ def ingested(ray_cluster, tmp_path_factory):
     summary = run_ingest(cfg)
     table = lancedb.connect(cfg.sink.uri).open_table(cfg.sink.table)
     return cfg, summary, table
+
+
+def test_recut_runs_beside_actors_that_hold_most_of_every_cpu(ray_cluster):
+    """The actors after the re-cut hold 1.6 of the 2 CPUs from the start, as embedding actors do:
+    the re-cut's tasks must fit in what is left (a task asking for a whole CPU never runs, and the
+    run makes no progress until the timeout fails it)."""
+    import ray
+
+    class PassThrough:  # defined here, so Ray ships it by value to workers that cannot import tests/
+        def __call__(self, batch):
+            return batch
+
+    ds = recut(ray.data.from_items([{"n": i} for i in range(600)], override_num_blocks=2), 64)
+    ds = ds.map_batches(PassThrough, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.8, batch_size=None,
+                        batch_format="pyarrow")
+    ds.context.execution_no_progress_timeout_s = 60
+    sizes = [batch.num_rows for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow")]
+    assert sum(sizes) == 600 and max(sizes) <= 64 and len(sizes) >= 600 // 64
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,119 @@
+"""What a benchmarked process tree used while it ran: RSS and CPU seconds per role, sampled.
+
+A role is what a process is for: the driver (the tree's root), Ray's own services, or a Ray
+worker named by what it runs (Ray titles a worker `ray::<task or actor>`; a task worker runs
+different tasks over its life, so each interval's CPU goes to what it was running then). The
+machine's own busy and idle CPU seconds over the same time say how much of the cores the tree
+left unused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import psutil
+
+RAY_SERVICES = ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env", "DashboardAgent",
+                "RuntimeEnvAgent")
+SERVICE = "ray service: "
+RAY_TITLE = re.compile(r"^ray::(?:MapWorker\()?(?:MapBatches\()?([\w.\[\]=,]+)")
+
+
+@dataclass
+class TreeUsage:
+    # (seconds since the start, MiB of: the driver, all workers, the largest worker, Ray's services)
+    samples: list[tuple[float, float, float, float, float]] = field(default_factory=list)
+    cpu_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # role -> CPU s
+    machine: dict[str, float] = field(default_factory=dict)  # busy / idle CPU s of the whole machine
+    idle: list[tuple[float, float]] = field(default_factory=list)  # (seconds since the start, idle CPU s since)
+
+    @property
+    def peak_mib(self) -> float:
+        """Largest sum over the whole tree seen."""
+        return max((row[1] + row[2] + row[4] for row in self.samples), default=0.0)
+
+    def idle_between(self, start: float, end: float) -> float:
+        """Idle CPU seconds of the machine between two times (seconds since the start)."""
+        return round(sum(seconds for at, seconds in self.idle if start < at <= end), 1)
+
+    def peaks(self, start: float = 0.0, end: float = float("inf")) -> dict[str, int]:
+        inside = [row for row in self.samples if start <= row[0] < end] or [(0.0,) * 5]
+        return {"driver": round(max(row[1] for row in inside)), "workers": round(max(row[2] for row in inside)),
+                "largest_worker": round(max(row[3] for row in inside))}
+
+
+def role(process: psutil.Process, root: psutil.Process, last: str | None) -> str:
+    if process.pid == root.pid:
+        return "driver"
+    cmdline = " ".join(process.cmdline())
+    service = next((name for name in RAY_SERVICES if name in cmdline), None)
+    if service:
+        return f"{SERVICE}{service}"
+    title = RAY_TITLE.match(cmdline)
+    if title and title.group(1) != "IDLE":
+        return title.group(1)
+    return last or ("idle ray worker" if title else "other")
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+@contextlib.contextmanager
+def sampled(root: psutil.Process | None = None, interval: float = 0.5):
+    """Yields a TreeUsage that fills while the block runs, with `root` (default: this process)."""
+    root = root or psutil.Process()
+    usage, done, started = TreeUsage(), threading.Event(), time.perf_counter()
+    seen: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds at the last sample)
+    machine_before = last_machine = psutil.cpu_times()
+
+    def idle_seconds(times) -> float:
+        return times.idle + times.iowait
+
+    def sample_once() -> None:
+        nonlocal last_machine
+        driver = workers = largest = services = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                name, cpu_before = seen.get(process.pid, (None, 0.0))
+                name = role(process, root, name)
+                cpu, rss = _cpu(process), process.memory_info().rss / 2**20
+                usage.cpu_seconds[name] += cpu - cpu_before
+                seen[process.pid] = (name, cpu)
+                if name == "driver":
+                    driver = rss
+                elif name.startswith(SERVICE):
+                    services += rss
+                else:
+                    workers, largest = workers + rss, max(largest, rss)
+        now, machine = time.perf_counter() - started, psutil.cpu_times()
+        usage.samples.append((now, driver, workers, largest, services))
+        usage.idle.append((now, idle_seconds(machine) - idle_seconds(last_machine)))
+        last_machine = machine
+
+    def loop() -> None:
+        while not done.is_set():
+            sample_once()
+            done.wait(interval)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield usage
+    finally:
+        done.set()
+        thread.join()
+        with contextlib.suppress(psutil.Error):
+            sample_once()  # the CPU of processes still alive, up to the end
+        machine_after = psutil.cpu_times()
+        idle = idle_seconds(machine_after) - idle_seconds(machine_before)
+        total = sum(machine_after) - sum(machine_before)
+        usage.machine = {"busy": round(total - idle, 1), "idle": round(idle, 1)}
+        usage.cpu_seconds = {name: round(value, 1) for name, value in
+                             sorted(usage.cpu_seconds.items(), key=lambda item: -item[1])}
