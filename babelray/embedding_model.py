@@ -39,7 +39,7 @@ def resolve_model_path(model: str) -> str:
 
 
 def pick_device(requested: str) -> str:
-    import torch  # here, not at the top: the driver and the chunking actors read model specs without it
+    import torch  # here, not at the top: the driver reads model specs and never needs torch
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

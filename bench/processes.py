@@ -71,6 +71,9 @@ def sampled(root: psutil.Process | None = None, interval: float = 0.5):
     root = root or psutil.Process()
     usage, done, started = TreeUsage(), threading.Event(), time.perf_counter()
     seen: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds at the last sample)
+    for process in [root, *root.children(recursive=True)]:  # what they used before is not the block's
+        with contextlib.suppress(psutil.Error):
+            seen[process.pid] = (role(process, root, None), _cpu(process))
     machine_before = last_machine = psutil.cpu_times()
 
     def idle_seconds(times) -> float:

@@ -21,7 +21,8 @@ The chunks of 1-3 are the ones babelray wrote, with the prompt its table names. 
 model's count for every row. Padding is padded tokens per real token: measured for the limit
 and babelray (its run summary), computed from `encode`'s batching rule for 2 and 3. Peak RSS is
 the largest sum over the variant's process and its descendants (Ray's workers and services
-included), sampled every 0.5 s, as are the CPU seconds of babelray's processes by role. babelray's time per phase and per operator comes from its run summary.
+included), sampled every 0.5 s, as are the CPU seconds of babelray's processes by role
+(bench/processes.py). babelray's time per phase and per operator comes from its run summary.
 The corpus: FastAPI's English docs, the real code files and the XQuAD passages, `--scale`
 copies of each (a fraction keeps every n-th file).
 """
