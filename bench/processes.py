@@ -37,9 +37,12 @@ class TreeUsage:
         """Largest sum over the whole tree seen."""
         return max((row[1] + row[2] + row[4] for row in self.samples), default=0.0)
 
-    def idle_between(self, start: float, end: float) -> float:
-        """Idle CPU seconds of the machine between two times (seconds since the start)."""
-        return round(sum(seconds for at, seconds in self.idle if start < at <= end), 1)
+    def idle_by_window(self, window: float = 10.0) -> list[float]:
+        """The machine's idle CPU seconds in each `window` seconds since the start."""
+        totals = [0.0] * (int(self.idle[-1][0] // window) + 1 if self.idle else 0)
+        for at, seconds in self.idle:
+            totals[int(at // window)] += seconds
+        return [round(total, 1) for total in totals]
 
     def peaks(self, start: float = 0.0, end: float = float("inf")) -> dict[str, int]:
         inside = [row for row in self.samples if start <= row[0] < end] or [(0.0,) * 5]

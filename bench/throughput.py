@@ -233,9 +233,8 @@ def in_subprocess(variant: str, work: Path, settings: list[str]) -> dict:
     with sampled(process) as usage:
         if process.wait() != 0:
             raise SystemExit(f"variant {variant} failed (exit {process.returncode})")
-    windows = range(0, math.ceil(usage.samples[-1][0] / 10) * 10 if usage.samples else 0, 10)
     return {**json.loads(out.read_text()), "rss": usage.peak_mib, "cpu_seconds": usage.cpu_seconds,
-            "machine": usage.machine, "idle_by_10s": [usage.idle_between(start, start + 10) for start in windows]}
+            "machine": usage.machine, "idle_by_10s": usage.idle_by_window(10)}
 
 
 def model_tokens(texts: list[str]) -> int:
