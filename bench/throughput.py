@@ -257,14 +257,13 @@ def chunk_texts(table_uri: str) -> list[str]:
     return [prompt + text for text in table.to_arrow().column("text").to_pylist()]
 
 
-def report(results: dict, files: int) -> str:
+def report(results: dict, files: int, chunks: int, tokens: int) -> str:
     """The table of the variants that ran, with ratios to the limit and the baseline when they ran too."""
     limits = [variant for variant in ("limit", "limit-processes") if variant in results]
     limit_variant = min(limits, key=lambda v: results[v]["wall"]) if limits else None
-    tokens = json.loads(Path(results["_work"]).joinpath("tokens.json").read_text())["tokens"]
     limit = tokens / results[limit_variant]["wall"] if limit_variant else None
     baseline = tokens / results["encode-32"]["wall"] if "encode-32" in results else None
-    lines = [f"{files} files, {results['_chunks']} chunks, {tokens:,} tokens (the model's count, prompt and special "
+    lines = [f"{files} files, {chunks} chunks, {tokens:,} tokens (the model's count, prompt and special "
              f"tokens included); the limit is the faster of the limit rows ({limit_variant or 'not run'})", "",
              "| variant | wall s | chunks/s | tokens/s | × limit | × baseline | padding | peak RSS MiB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -275,7 +274,7 @@ def report(results: dict, files: int) -> str:
         rate = tokens / row["wall"]
         ratio_limit = f"{rate / limit:.2f}" if limit else "–"
         ratio_baseline = f"{rate / baseline:.2f}" if baseline else "–"
-        lines.append(f"| {title} | {row['wall']:.1f} | {results['_chunks'] / row['wall']:.1f} | {rate:,.0f} | "
+        lines.append(f"| {title} | {row['wall']:.1f} | {chunks / row['wall']:.1f} | {rate:,.0f} | "
                      f"{ratio_limit} | {ratio_baseline} | {row['padding']:.3f} | {row['rss']:,.0f} |")
     if "babelray" in results:
         babelray = results["babelray"]
@@ -327,14 +326,14 @@ def main() -> None:
         results["babelray"] = in_subprocess("babelray", work, args.set)
         texts = chunk_texts(results["babelray"]["table"])
         (work / "chunks.json").write_text(json.dumps(texts))
-        (work / "tokens.json").write_text(json.dumps({"tokens": model_tokens(texts)}))
+        (work / "chunks-counted.json").write_text(json.dumps({"chunks": len(texts), "tokens": model_tokens(texts)}))
     elif not (work / "chunks.json").exists():
         parser.error(f"no chunks in {work} yet: run the babelray variant first")
     for variant in args.only:
         if variant != "babelray":
             results[variant] = in_subprocess(variant, work, [])
-    results.update(_work=str(work), _chunks=len(json.loads((work / "chunks.json").read_text())))
-    print("\n" + report(results, files))
+    counted = json.loads((work / "chunks-counted.json").read_text())
+    print("\n" + report(results, files, counted["chunks"], counted["tokens"]))
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 
