@@ -327,7 +327,7 @@ def main() -> None:
         texts = chunk_texts(results["babelray"]["table"])
         (work / "chunks.json").write_text(json.dumps(texts))
         (work / "chunks-counted.json").write_text(json.dumps({"chunks": len(texts), "tokens": model_tokens(texts)}))
-    elif not (work / "chunks.json").exists():
+    elif not (work / "chunks-counted.json").exists():
         parser.error(f"no chunks in {work} yet: run the babelray variant first")
     for variant in args.only:
         if variant != "babelray":
