@@ -7,13 +7,15 @@ Same model (the bundled e5-small), same chunks, same machine, one run each, each
 process of its own (so its peak RSS is its own):
 
 1. limit: the model's forward pass over pre-tokenized chunks, sorted by length and cut into
-   token-budget batches (tokenization not timed; no I/O, no Ray), once in one process with a
-   thread per core and once in one-thread processes, one per core, started together; the faster
-   of the two is the limit the ratios use;
-2. sentence-transformers `encode` over the same chunks in one process, at its default batch size
-   (32), the baseline, and at 8;
-3. naive Ray Data: `map_batches` of 64 rows into an actor running `encode`, no length sorting
-   across batches;
+   token-budget batches (tokenization not timed; no I/O, no Ray), in the dtype babelray's config
+   picks on this machine (bf16 on a CPU with AMX, else fp32), once in one process with a thread
+   per core and once in one-thread processes, one per core, started together; the faster of the
+   two is the limit the ratios use;
+2. sentence-transformers `encode` over the same chunks in one process, as a user would write it
+   (fp32, its default): at its default batch size (32), the baseline, and at 8; and at 8 in bf16,
+   the best a user could write by hand on a CPU with AMX;
+3. naive Ray Data: `map_batches` of 64 rows into an actor running `encode` (fp32), no length
+   sorting across batches;
 4. babelray: the whole job (read, incremental, language ID, routing, chunking, embedding, LanceDB
    write, full-text indexes), from the corpus folder to the table, with configs/local.yaml.
 
@@ -92,13 +94,14 @@ def run_babelray(corpus: Path, work: Path, settings: list[str]) -> dict:
             "padding": summary["padding"], "seconds": summary["seconds"], "operators": summary["operators"]}
 
 
-def load_model(threads: int = THREADS):
+def load_model(threads: int = THREADS, dtype: str = "float32"):
     from sentence_transformers import SentenceTransformer
 
     from babelray.bundled_e5 import ensure_bundled_model
 
     torch.set_num_threads(threads)
-    return SentenceTransformer(str(ensure_bundled_model("multilingual-e5-small")), device="cpu")
+    return SentenceTransformer(str(ensure_bundled_model("multilingual-e5-small")), device="cpu",
+                               model_kwargs={"dtype": getattr(torch, dtype)})
 
 
 def packed_batches(model, texts: list[str], batch_tokens: int = 2048, max_rows: int = 16) -> tuple[list, int, int]:
@@ -120,28 +123,28 @@ def forward_all(model, batches: list) -> float:
         return time.perf_counter() - started
 
 
-def run_limit(texts: list[str]) -> dict:
-    model = load_model()
+def run_limit(texts: list[str], dtype: str) -> dict:
+    model = load_model(dtype=dtype)
     batches, tokens, padded = packed_batches(model, texts)
     return {"wall": forward_all(model, batches), "chunks": len(texts), "tokens": tokens, "padding": padded / tokens}
 
 
-def _limit_worker(texts: list[str], ready, go, results) -> None:
-    model = load_model(threads=1)
+def _limit_worker(texts: list[str], dtype: str, ready, go, results) -> None:
+    model = load_model(threads=1, dtype=dtype)
     batches, tokens, padded = packed_batches(model, texts)
     ready.release()
     go.wait()
     results.put({"wall": forward_all(model, batches), "end": time.time(), "tokens": tokens, "padded": padded})
 
 
-def run_limit_processes(texts: list[str], processes: int = THREADS) -> dict:
+def run_limit_processes(texts: list[str], dtype: str, processes: int = THREADS) -> dict:
     """The same forward pass in `processes` one-thread processes, each over every n-th chunk (so
     each gets a like mix of lengths), started together once all have loaded and tokenized."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     ready, go, results = context.Semaphore(0), context.Event(), context.Queue()
-    workers = [context.Process(target=_limit_worker, args=(texts[i::processes], ready, go, results))
+    workers = [context.Process(target=_limit_worker, args=(texts[i::processes], dtype, ready, go, results))
                for i in range(processes)]
     for worker in workers:
         worker.start()
@@ -173,8 +176,8 @@ def sorted_batch_padding(model, texts: list[str], batch_size: int, block_rows: i
     return padded / lengths.sum()
 
 
-def run_encode(texts: list[str], batch_size: int) -> dict:
-    model = load_model()
+def run_encode(texts: list[str], batch_size: int, dtype: str = "float32") -> dict:
+    model = load_model(dtype=dtype)
     started = time.perf_counter()
     model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
     wall = time.perf_counter() - started
@@ -207,10 +210,11 @@ def run_naive_ray(texts: list[str], rows: int = 64) -> dict:
 VARIANTS = {
     "babelray": "babelray (read → language ID → chunk → embed → LanceDB, indexes included)",
     "limit": f"limit: forward pass only, one process, {THREADS} threads, pre-tokenized, length-sorted token-budget "
-             "batches",
+             "batches, babelray's dtype",
     "limit-processes": f"limit: the same in {THREADS} one-thread processes at once",
     "encode-32": "sentence-transformers `encode`, batch 32 (its default): the baseline",
     "encode-8": "sentence-transformers `encode`, batch 8",
+    "encode-8-bf16": "sentence-transformers `encode`, batch 8, the model in bf16",
     "naive-ray": "naive Ray Data: `map_batches` of 64 rows into an `encode` actor",
 }
 
@@ -220,9 +224,22 @@ def run_variant(variant: str, work: Path, settings: list[str]) -> dict:
     if variant == "babelray":
         return run_babelray(work / "corpus", work, settings)
     texts = json.loads((work / "chunks.json").read_text())
-    runs = {"limit": run_limit, "limit-processes": run_limit_processes, "naive-ray": run_naive_ray,
-            "encode-32": lambda t: run_encode(t, 32), "encode-8": lambda t: run_encode(t, 8)}
+    dtype = json.loads((work / "chunks-counted.json").read_text())["dtype"]
+    runs = {"limit": lambda t: run_limit(t, dtype), "limit-processes": lambda t: run_limit_processes(t, dtype),
+            "naive-ray": run_naive_ray, "encode-32": lambda t: run_encode(t, 32),
+            "encode-8": lambda t: run_encode(t, 8), "encode-8-bf16": lambda t: run_encode(t, 8, "bfloat16")}
     return runs[variant](texts)
+
+
+def pipeline_dtype(work: Path, settings: list[str]) -> str:
+    """The dtype babelray's embedding actors pick on this machine with these settings."""
+    from babelray.embedding_model import pick_dtype
+    from babelray.testing import local_config
+
+    cfg = local_config(work, [work / "corpus"])
+    for assignment in settings:
+        override(cfg, assignment)
+    return str(pick_dtype(cfg.embedding.dtype, "cpu")).removeprefix("torch.")
 
 
 def in_subprocess(variant: str, work: Path, settings: list[str]) -> dict:
@@ -257,14 +274,15 @@ def chunk_texts(table_uri: str) -> list[str]:
     return [prompt + text for text in table.to_arrow().column("text").to_pylist()]
 
 
-def report(results: dict, files: int, chunks: int, tokens: int) -> str:
+def report(results: dict, files: int, chunks: int, tokens: int, dtype: str) -> str:
     """The table of the variants that ran, with ratios to the limit and the baseline when they ran too."""
     limits = [variant for variant in ("limit", "limit-processes") if variant in results]
     limit_variant = min(limits, key=lambda v: results[v]["wall"]) if limits else None
     limit = tokens / results[limit_variant]["wall"] if limit_variant else None
     baseline = tokens / results["encode-32"]["wall"] if "encode-32" in results else None
     lines = [f"{files} files, {chunks} chunks, {tokens:,} tokens (the model's count, prompt and special "
-             f"tokens included); the limit is the faster of the limit rows ({limit_variant or 'not run'})", "",
+             f"tokens included); babelray's dtype here: {dtype}; the limit is the faster of the limit rows "
+             f"({limit_variant or 'not run'})", "",
              "| variant | wall s | chunks/s | tokens/s | × limit | × baseline | padding | peak RSS MiB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for variant, title in VARIANTS.items():
@@ -326,14 +344,15 @@ def main() -> None:
         results["babelray"] = in_subprocess("babelray", work, args.set)
         texts = chunk_texts(results["babelray"]["table"])
         (work / "chunks.json").write_text(json.dumps(texts))
-        (work / "chunks-counted.json").write_text(json.dumps({"chunks": len(texts), "tokens": model_tokens(texts)}))
+        (work / "chunks-counted.json").write_text(json.dumps({"chunks": len(texts), "tokens": model_tokens(texts),
+                                                              "dtype": pipeline_dtype(work, args.set)}))
     elif not (work / "chunks-counted.json").exists():
         parser.error(f"no chunks in {work} yet: run the babelray variant first")
     for variant in args.only:
         if variant != "babelray":
             results[variant] = in_subprocess(variant, work, [])
     counted = json.loads((work / "chunks-counted.json").read_text())
-    print("\n" + report(results, files, counted["chunks"], counted["tokens"]))
+    print("\n" + report(results, files, counted["chunks"], counted["tokens"], counted["dtype"]))
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 

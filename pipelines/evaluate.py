@@ -16,7 +16,7 @@ from pathlib import Path
 
 from babelray import __version__
 from babelray.config import Config
-from babelray.embedding_model import load_model_spec, pick_device
+from babelray.embedding_model import load_model_spec, pick_device, pick_dtype
 from babelray.evaluation import data as eval_data
 from babelray.evaluation import suites as eval_suites
 from babelray.evaluation.report import write_report
@@ -65,9 +65,11 @@ def run_eval(cfg: Config, data: Path, out: Path, options: EvalOptions | None = N
         if not options.keep_work:
             shutil.rmtree(work, ignore_errors=True)
     spec = load_model_spec(cfg.embedding)
+    device = pick_device(cfg.embedding.device)
     results["run"] = {
         "model": cfg.embedding.model, "model_revision": spec.revision, "dimensions": spec.dimensions(cfg.embedding),
-        "full_dimensions": spec.full_dimensions, "pooling": spec.pooling, "device": pick_device(cfg.embedding.device),
+        "full_dimensions": spec.full_dimensions, "pooling": spec.pooling, "device": device,
+        "dtype": str(pick_dtype(cfg.embedding.dtype, device)).removeprefix("torch."),
         "document_prompt": spec.document_prompt, "query_prompt": spec.query_prompt,
         "config": options.config_path, "fingerprint": cfg.fingerprint(), "babelray_version": __version__,
         "code_commit": code_commit, "data": str(data),

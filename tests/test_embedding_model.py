@@ -26,7 +26,9 @@ def test_token_budget_batches_bound_padded_tokens():
 
 @pytest.fixture(scope="module")
 def qwen3(tiny_qwen3_dir):
-    return EmbeddingModel(EmbeddingConfig(model=str(tiny_qwen3_dir), batch_tokens=256, max_batch_rows=8))
+    # fp32: these compare with a plain fp32 forward pass (`dtype: auto` is bf16 on CPUs with AMX)
+    return EmbeddingModel(EmbeddingConfig(model=str(tiny_qwen3_dir), dtype="float32", batch_tokens=256,
+                                          max_batch_rows=8))
 
 
 def test_qwen3_reads_pooling_and_prompts_from_model_files(qwen3, tiny_qwen3_dir):
@@ -61,7 +63,7 @@ def test_qwen3_left_padding_does_not_change_vectors(qwen3):
 
 def test_mrl_truncation_renormalizes(tiny_qwen3_dir, qwen3):
     full = qwen3.embed(TEXTS)
-    small = EmbeddingModel(EmbeddingConfig(model=str(tiny_qwen3_dir), dimensions=16)).embed(TEXTS)
+    small = EmbeddingModel(EmbeddingConfig(model=str(tiny_qwen3_dir), dimensions=16, dtype="float32")).embed(TEXTS)
     assert small.vectors.shape == (len(TEXTS), 16)
     assert np.allclose(np.linalg.norm(small.vectors, axis=1), 1.0, atol=1e-5)
     full_raw = full.vectors * full.raw_norms[:, None]  # undo normalization
@@ -94,3 +96,23 @@ def test_over_long_text_is_an_error_not_a_silent_cut(qwen3):
     with pytest.raises(ValueError, match="over the model's 1024 tokens"):
         qwen3.embed([long_text])
     assert qwen3.embed([long_text], truncate=True).token_counts[0] == 1024
+
+
+def test_bf16_gives_the_fp32_vectors_and_rankings(bundled_e5_dir):
+    """`dtype: auto` runs the model in bf16 on CPUs with AMX (2.6x faster there): it must not change what
+    the index finds. Runs on any CPU (without AMX, bf16 is emulated: slow, but the same numbers)."""
+    fp32, bf16 = (EmbeddingModel(EmbeddingConfig(model="bundled:multilingual-e5-small", dtype=dtype))
+                  for dtype in ("float32", "bfloat16"))
+    assert bf16.dtype == torch.bfloat16
+    documents = ["Sourdough bread rises slowly because wild yeast ferments the dough.",
+                 "Monarch butterflies migrate thousands of kilometres to Mexico every autumn.",
+                 "Eine Fahrradkette muss regelmäßig gereinigt und geölt werden.",
+                 "太阳能电池板把阳光转换成电能。", *TEXTS]
+    questions = ["How is sourdough bread made?", "Where do monarch butterflies fly in winter?",
+                 "Wie pflege ich meine Fahrradkette?", "How do solar panels make electricity?"]
+    vectors = [model.embed(documents).vectors for model in (fp32, bf16)]
+    assert (vectors[0] * vectors[1]).sum(axis=1).min() >= 0.999
+    queries = [model.embed(questions, prompt=model.query_prompt).vectors for model in (fp32, bf16)]
+    rankings = [np.argsort(-(q @ d.T), axis=1) for q, d in zip(queries, vectors)]
+    assert rankings[0][:, 0].tolist() == [0, 1, 2, 3]  # each question finds its document
+    assert (rankings[0][:, :4] == rankings[1][:, :4]).all()

@@ -22,7 +22,8 @@ def render_markdown(results: dict) -> str:
     run = results["run"]
     lines = ["# babelray evaluation", "",
              f"- model: `{run['model']}` (revision {run['model_revision'] or 'n/a'}), {run['dimensions']} of "
-             f"{run['full_dimensions']} dimensions, pooling {run['pooling']}, device {run['device']}",
+             f"{run['full_dimensions']} dimensions, pooling {run['pooling']}, device {run['device']}"
+             f"{', ' + run['dtype'] if run.get('dtype') else ''}",
              f"- document prompt: `{run['document_prompt']!r}`; query prompt: `{run['query_prompt']!r}`",
              f"- config: `{run['config']}` (fingerprint {run['fingerprint']}); babelray {run['babelray_version']}"
              f" at commit {run['code_commit'] or 'n/a'}",
