@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -31,6 +31,9 @@ class StageResources(_Section):
     num_gpus: float | Literal["auto"] = Field(
         0.0, description="'auto': 1 per actor when the cluster has GPUs, else 0."
     )
+    memory: ByteSize | None = Field(
+        None, description="Memory Ray reserves per actor (bytes, or e.g. 1.5GiB): a node runs only as many "
+                          "actors as its memory holds. None: no reservation.")
     min_actors: int = Field(1, ge=1, description="Actors started up front.")
     max_actors: int = Field(1, ge=1, description="Ray Data scales the pool up to this many.")
     batch_size: int = Field(64, ge=1, description="Rows handed to one call of the operator.")

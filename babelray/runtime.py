@@ -44,6 +44,7 @@ def actor_options(resources: StageResources, has_gpus: bool | None, task_retries
                                               else resources.tasks_in_flight),
         "num_cpus": resources.num_cpus,
         "num_gpus": num_gpus,
+        "memory": int(resources.memory) if resources.memory is not None else None,
         "batch_size": resources.batch_size,
         "batch_format": "pyarrow",
         "max_task_retries": task_retries,

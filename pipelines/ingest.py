@@ -160,8 +160,9 @@ def describe_plan(cfg: Config, sources: list[dict], plan: list[Stage]) -> str:
                          f"blocks of at most {stage.rows_per_block} rows")
         pool = kwargs.get("compute")
         runs_as = f"actors {pool.min_size}..{pool.max_size}" if pool else "tasks"
+        memory = f" memory={kwargs['memory'] / 2**30:.2g}GiB" if kwargs.get("memory") else ""
         lines.append(f"  {stage.name:<12} {stage.operator.__name__:<16} {runs_as:<12} "
-                     f"cpus={kwargs.get('num_cpus', 1)} gpus={kwargs.get('num_gpus', 0)} "
+                     f"cpus={kwargs.get('num_cpus', 1)} gpus={kwargs.get('num_gpus', 0)}{memory} "
                      f"batch_rows={kwargs.get('batch_size', 'default')}")
     names = resolve_tables(cfg.sink)
     lines.append(f"sink: {table_uri(cfg.sink, names.chunks)} (rejects: {names.rejects}), "

@@ -14,6 +14,7 @@ import pytest
 from babelray.cli import main
 from babelray.testing import local_config
 from babelray.embedding_model import EmbeddingModel
+from babelray.runtime import actor_options
 from pipelines.ingest import recut, run_ingest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,25 @@ def test_recut_runs_beside_actors_that_hold_most_of_every_cpu(ray_cluster):
     ds.context.execution_no_progress_timeout_s = 60
     sizes = [batch.num_rows for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow")]
     assert sum(sizes) == 600 and max(sizes) <= 64 and len(sizes) >= 600 // 64
+
+
+def test_stage_memory_is_reserved_from_ray_for_each_actor(ray_cluster):
+    """`resources.memory` reaches Ray: while the stage's actors live, the node's memory resource is
+    short by what they reserved (so a node never starts more of them than its memory holds)."""
+    import ray
+
+    from babelray.config import StageResources
+
+    class ReportFreeMemory:
+        def __call__(self, batch):
+            return {"free": [ray.available_resources().get("memory", 0)] * batch.num_rows}
+
+    reserved = 300 * 2**20
+    options = actor_options(StageResources(num_cpus=0, memory="300MiB", min_actors=2, max_actors=2, batch_size=8),
+                            has_gpus=False, task_retries=0)
+    total = ray.cluster_resources()["memory"]
+    free = ray.data.range(64, override_num_blocks=8).map_batches(ReportFreeMemory, **options).take_all()
+    assert max(row["free"] for row in free) <= total - 2 * reserved
 
 
 @pytest.fixture(scope="module")
