@@ -19,6 +19,8 @@ with any rejected chunk is rejected whole. Runs against one table must not overl
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 from collections import Counter
@@ -97,6 +99,25 @@ def require_model(table_name: str, metadata: dict, model: str, dimensions: int) 
 def sql_string(value: str) -> str:
     """A string literal for a LanceDB filter."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def _libc_malloc_trim():
+    """glibc's malloc_trim, or None (another C library, another OS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand memory that glibc holds freed back to the OS. Each LanceDB merge_insert frees what it
+    allocated, but glibc keeps most of it: a process grew 387 MiB over 180 commits of 5,500 rows
+    without this and 172 MiB with it (docs/benchmarks.md); a call takes milliseconds."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _sql_in(column: str, values) -> str:
@@ -304,6 +325,7 @@ class TableWriter:
         self.tally.add_round(rows, embedded_docs, rejects)
         self._count_round(embedded_docs, pc.count_distinct(rows.filter(unchanged).column("doc_id")).as_py(), rejects)
         self.commits += 1
+        release_freed_memory()
         logger.info("commit %d: %d chunks of %d documents, %d rejected", self.commits, chunks.num_rows,
                     len(embedded_docs), rejects.num_rows)
 
