@@ -56,6 +56,16 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
     return getattr(torch, requested)
 
 
+def pad_multiple(dtype: torch.dtype) -> int | None:
+    """Sequence lengths in half precision are padded up to a multiple of 16: bf16 matrix kernels
+    (AMX tiles, tensor cores) work in blocks of 16, and fewer distinct shapes mean fewer kernels
+    built and cached. e5-small in bf16 on an AMX CPU: 8,328 tokens/s against 7,003 unpadded, peak
+    RSS 1,225 against 1,628 MiB; in fp32 it bought nothing (2,365 against 2,401), so fp32 is not padded."""
+    import torch
+
+    return 16 if dtype in (torch.bfloat16, torch.float16) else None
+
+
 def cpu_has_bf16_tiles() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, Sapphire Rapids and later).
     There e5-small ran 2.6x faster in bf16 than in fp32, its vectors within cosine 0.9999 of fp32's
@@ -178,6 +188,7 @@ class EmbeddingModel:
         self.model_id = cfg.model
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
+        self.pad_to_multiple_of = pad_multiple(self.dtype)
         if self.device == "cpu":
             # Match the CPUs Ray reserved for this actor rather than every core of the node.
             torch.set_num_threads(cfg.torch_threads or max(1, int(cfg.resources.num_cpus)))
@@ -232,16 +243,21 @@ class EmbeddingModel:
         for batch_rows in token_budget_batches(lengths, self.cfg.batch_tokens, self.cfg.max_batch_rows):
             vectors[batch_rows], raw_norms[batch_rows] = mrl_truncate(self._forward([ids[i] for i in batch_rows]),
                                                                       self.dimensions)
-            padded[batch_rows] = lengths[batch_rows].max()
+            padded[batch_rows] = padded_length(int(lengths[batch_rows].max()), self.pad_to_multiple_of)
         return EmbeddingBatch(vectors=vectors, raw_norms=raw_norms, token_counts=lengths, padded_lengths=padded)
 
     def _forward(self, input_ids: list[list[int]]) -> np.ndarray:
-        features = self.tokenizer.pad({"input_ids": input_ids}, padding=True, return_tensors="pt")
+        features = self.tokenizer.pad({"input_ids": input_ids}, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
+                                      return_tensors="pt")
         features = {name: tensor.to(self.device) for name, tensor in features.items()}
         with self._inference_mode():
             for module in self._modules:
                 features = module(features)
         return features["sentence_embedding"].float().cpu().numpy()
+
+
+def padded_length(longest: int, multiple: int | None) -> int:
+    return -(-longest // multiple) * multiple if multiple else longest
 
 
 def mrl_truncate(vectors: np.ndarray, dimensions: int) -> tuple[np.ndarray, np.ndarray]:

@@ -61,6 +61,18 @@ def test_qwen3_left_padding_does_not_change_vectors(qwen3):
     assert np.abs(batched - alone).max() < 1e-4
 
 
+def test_qwen3_in_bf16_padded_to_16_gives_the_vectors_of_each_text_alone(tiny_qwen3_dir):
+    """bf16 pads on the left up to a multiple of 16 tokens: last-token pooling must still read each
+    text's own last token."""
+    model = EmbeddingModel(EmbeddingConfig(model=str(tiny_qwen3_dir), dtype="bfloat16", batch_tokens=256,
+                                           max_batch_rows=8))
+    assert model.pad_to_multiple_of == 16
+    batched = model.embed(TEXTS)
+    alone = np.stack([model.embed([text]).vectors[0] for text in TEXTS])
+    assert (batched.vectors * alone).sum(axis=1).min() >= 0.99
+    assert all(padded % 16 == 0 for padded in batched.padded_lengths)
+
+
 def test_mrl_truncation_renormalizes(tiny_qwen3_dir, qwen3):
     full = qwen3.embed(TEXTS)
     small = EmbeddingModel(EmbeddingConfig(model=str(tiny_qwen3_dir), dimensions=16, dtype="float32")).embed(TEXTS)
@@ -103,7 +115,7 @@ def test_bf16_gives_the_fp32_vectors_and_rankings(bundled_e5_dir):
     the index finds. Runs on any CPU (without AMX, bf16 is emulated: slow, but the same numbers)."""
     fp32, bf16 = (EmbeddingModel(EmbeddingConfig(model="bundled:multilingual-e5-small", dtype=dtype))
                   for dtype in ("float32", "bfloat16"))
-    assert bf16.dtype == torch.bfloat16
+    assert bf16.dtype == torch.bfloat16 and bf16.pad_to_multiple_of == 16 and fp32.pad_to_multiple_of is None
     documents = ["Sourdough bread rises slowly because wild yeast ferments the dough.",
                  "Monarch butterflies migrate thousands of kilometres to Mexico every autumn.",
                  "Eine Fahrradkette muss regelmäßig gereinigt und geölt werden.",
