@@ -243,11 +243,19 @@ class EmbeddingModel:
         for batch_rows in token_budget_batches(lengths, self.cfg.batch_tokens, self.cfg.max_batch_rows):
             vectors[batch_rows], raw_norms[batch_rows] = mrl_truncate(self._forward([ids[i] for i in batch_rows]),
                                                                       self.dimensions)
-            padded[batch_rows] = padded_length(int(lengths[batch_rows].max()), self.pad_to_multiple_of)
+            padded[batch_rows] = padded_length(int(lengths[batch_rows].max()), self._multiple(lengths[batch_rows]))
         return EmbeddingBatch(vectors=vectors, raw_norms=raw_norms, token_counts=lengths, padded_lengths=padded)
 
+    def _multiple(self, lengths) -> int | None:
+        """The padding multiple for a batch of these lengths; none where it would pad past the model's
+        limit (a position the model has no embedding for)."""
+        longest = int(max(lengths))
+        fits = padded_length(longest, self.pad_to_multiple_of) <= self.max_seq_length
+        return self.pad_to_multiple_of if fits else None
+
     def _forward(self, input_ids: list[list[int]]) -> np.ndarray:
-        features = self.tokenizer.pad({"input_ids": input_ids}, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
+        features = self.tokenizer.pad({"input_ids": input_ids}, padding=True,
+                                      pad_to_multiple_of=self._multiple([len(ids) for ids in input_ids]),
                                       return_tensors="pt")
         features = {name: tensor.to(self.device) for name, tensor in features.items()}
         with self._inference_mode():

@@ -71,6 +71,10 @@ def test_qwen3_in_bf16_padded_to_16_gives_the_vectors_of_each_text_alone(tiny_qw
     alone = np.stack([model.embed([text]).vectors[0] for text in TEXTS])
     assert (batched.vectors * alone).sum(axis=1).min() >= 0.99
     assert all(padded % 16 == 0 for padded in batched.padded_lengths)
+    # Never padded past the model's limit: a position it may have no embedding for.
+    model.max_seq_length = 1020
+    at_limit = model.embed(["word " * 1500], truncate=True)
+    assert at_limit.token_counts[0] == at_limit.padded_lengths[0] == 1020
 
 
 def test_mrl_truncation_renormalizes(tiny_qwen3_dir, qwen3):
