@@ -241,31 +241,28 @@ class EmbeddingModel:
         raw_norms = np.zeros(len(texts), dtype=np.float32)
         padded = np.zeros(len(texts), dtype=np.int64)
         for batch_rows in token_budget_batches(lengths, self.cfg.batch_tokens, self.cfg.max_batch_rows):
-            vectors[batch_rows], raw_norms[batch_rows] = mrl_truncate(self._forward([ids[i] for i in batch_rows]),
-                                                                      self.dimensions)
-            padded[batch_rows] = padded_length(int(lengths[batch_rows].max()), self._multiple(lengths[batch_rows]))
+            length = self._padded_length(int(lengths[batch_rows].max()))
+            vectors[batch_rows], raw_norms[batch_rows] = mrl_truncate(
+                self._forward([ids[i] for i in batch_rows], length), self.dimensions)
+            padded[batch_rows] = length
         return EmbeddingBatch(vectors=vectors, raw_norms=raw_norms, token_counts=lengths, padded_lengths=padded)
 
-    def _multiple(self, lengths) -> int | None:
-        """The padding multiple for a batch of these lengths; none where it would pad past the model's
-        limit (a position the model has no embedding for)."""
-        longest = int(max(lengths))
-        fits = padded_length(longest, self.pad_to_multiple_of) <= self.max_seq_length
-        return self.pad_to_multiple_of if fits else None
+    def _padded_length(self, longest: int) -> int:
+        """What a batch whose longest row has `longest` tokens is padded to: up to the padding multiple,
+        unless that would pass the model's limit (a position the model has no embedding for)."""
+        if not self.pad_to_multiple_of:
+            return longest
+        rounded = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return rounded if rounded <= self.max_seq_length else longest
 
-    def _forward(self, input_ids: list[list[int]]) -> np.ndarray:
-        features = self.tokenizer.pad({"input_ids": input_ids}, padding=True,
-                                      pad_to_multiple_of=self._multiple([len(ids) for ids in input_ids]),
+    def _forward(self, input_ids: list[list[int]], length: int) -> np.ndarray:
+        features = self.tokenizer.pad({"input_ids": input_ids}, padding="max_length", max_length=length,
                                       return_tensors="pt")
         features = {name: tensor.to(self.device) for name, tensor in features.items()}
         with self._inference_mode():
             for module in self._modules:
                 features = module(features)
         return features["sentence_embedding"].float().cpu().numpy()
-
-
-def padded_length(longest: int, multiple: int | None) -> int:
-    return -(-longest // multiple) * multiple if multiple else longest
 
 
 def mrl_truncate(vectors: np.ndarray, dimensions: int) -> tuple[np.ndarray, np.ndarray]:
