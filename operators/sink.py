@@ -20,7 +20,7 @@ with any rejected chunk is rejected whole. Runs against one table must not overl
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import json
 import logging
 from collections import Counter
@@ -101,23 +101,23 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _libc_malloc_trim():
-    """glibc's malloc_trim, or None (another C library, another OS)."""
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim from the symbols this process already has loaded, or None (another C
+    library, another OS). Looked up on first use, not at import: every CLI command imports this module."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
 
 
-_MALLOC_TRIM = _libc_malloc_trim()
-
-
 def release_freed_memory() -> None:
     """Hand memory that glibc holds freed back to the OS. Each LanceDB merge_insert frees what it
-    allocated, but glibc keeps most of it: a process grew 387 MiB over 180 commits of 5,500 rows
+    allocated, but glibc keeps most of it: a lone process grew 387 MiB over 180 commits of 5,500 rows
     without this and 172 MiB with it (docs/benchmarks.md); a call takes milliseconds."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _sql_in(column: str, values) -> str:
