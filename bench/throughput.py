@@ -80,14 +80,21 @@ def override(cfg, assignment: str) -> None:
     setattr(section, name, yaml.safe_load(value))  # validated: the config models check assignments
 
 
-def run_babelray(corpus: Path, work: Path, settings: list[str]) -> dict:
+def babelray_config(work: Path, settings: list[str]):
+    """configs/local.yaml over the corpus under `work`, indexes on, with the `--set` assignments."""
     from babelray.testing import local_config
-    from pipelines.ingest import run_ingest
 
-    cfg = local_config(work, [corpus])
+    cfg = local_config(work, [work / "corpus"])
     cfg.index.after_ingest = True
     for assignment in settings:
         override(cfg, assignment)
+    return cfg
+
+
+def run_babelray(work: Path, settings: list[str]) -> dict:
+    from pipelines.ingest import run_ingest
+
+    cfg = babelray_config(work, settings)
     started = time.perf_counter()
     summary = run_ingest(cfg)
     return {"wall": time.perf_counter() - started, "chunks": summary["chunks"], "table": summary["table"],
@@ -224,7 +231,7 @@ VARIANTS = {
 def run_variant(variant: str, work: Path, settings: list[str]) -> dict:
     """One variant, in this process (the parent runs each in its own, so peak RSS is its own)."""
     if variant == "babelray":
-        return run_babelray(work / "corpus", work, settings)
+        return run_babelray(work, settings)
     texts = json.loads((work / "chunks.json").read_text())
     dtype = json.loads((work / "chunks-counted.json").read_text())["dtype"]
     runs = {"limit": lambda t: run_limit(t, dtype), "limit-processes": lambda t: run_limit_processes(t, dtype),
@@ -236,12 +243,8 @@ def run_variant(variant: str, work: Path, settings: list[str]) -> dict:
 def pipeline_dtype(work: Path, settings: list[str]) -> str:
     """The dtype babelray's embedding actors pick on this machine with these settings."""
     from babelray.embedding_model import pick_dtype
-    from babelray.testing import local_config
 
-    cfg = local_config(work, [work / "corpus"])
-    for assignment in settings:
-        override(cfg, assignment)
-    return str(pick_dtype(cfg.embedding.dtype, "cpu")).removeprefix("torch.")
+    return str(pick_dtype(babelray_config(work, settings).embedding.dtype, "cpu")).removeprefix("torch.")
 
 
 def in_subprocess(variant: str, work: Path, settings: list[str]) -> dict:
