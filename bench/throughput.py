@@ -8,12 +8,12 @@ process of its own (so its peak RSS is its own):
 
 1. limit: the model's forward pass over pre-tokenized chunks, sorted by length and cut into
    token-budget batches (tokenization not timed; no I/O, no Ray), in the dtype babelray's config
-   picks on this machine (bf16 on a CPU with AMX, else fp32), once in one process with a thread
+   picks on this machine (bf16 on a CPU with AMX or AVX-512 BF16, else fp32), once in one process with a thread
    per core and once in one-thread processes, one per core, started together; the faster of the
    two is the limit the ratios use;
 2. sentence-transformers `encode` over the same chunks in one process, as a user would write it
    (fp32, its default): at its default batch size (32), the baseline, and at 8; and at 8 in bf16,
-   the best a user could write by hand on a CPU with AMX;
+   the best a user could write by hand on such a CPU;
 3. naive Ray Data: `map_batches` of 64 rows into an actor running `encode` (fp32), no length
    sorting across batches;
 4. babelray: the whole job (read, incremental, language ID, routing, chunking, embedding, LanceDB

@@ -86,7 +86,7 @@ def test_embed_operator_reports_model_and_padded_tokens(tiny_qwen3_dir):
     assert [row["model_tokens"] for row in rows] == lengths
     # Sorted by length and two rows a batch: the two short texts together, the two long ones together.
     short, long = sorted(range(4), key=lengths.__getitem__)[:2], sorted(range(4), key=lengths.__getitem__)[2:]
-    # Half precision (bf16 on a CPU with AMX) pads up to a multiple of 16, fp32 to the longest row.
+    # Half precision (bf16 on a CPU with AMX or AVX-512 BF16) pads up to a multiple of 16, fp32 to the longest row.
     multiple = embedder.model.pad_to_multiple_of or 1
     for pair in (short, long):
         longest = max(lengths[i] for i in pair)
