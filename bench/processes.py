@@ -15,12 +15,19 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
-RAY_SERVICES = ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env", "DashboardAgent",
-                "RuntimeEnvAgent")
+# Ray's services by program (binary or script) or by process title. By program, not by any word of
+# the command line: a worker that is still starting has `--raylet-name=…/raylet` among its arguments.
+RAY_SERVICE_PROGRAMS = {"gcs_server": "gcs_server", "raylet": "raylet", "dashboard.py": "dashboard",
+                        "log_monitor.py": "log_monitor", "monitor.py": "monitor.py", "agent.py": "DashboardAgent",
+                        "main.py": "RuntimeEnvAgent"}
+RAY_SERVICE_TITLES = ("DashboardAgent", "RuntimeEnvAgent")
 SERVICE = "ray service: "
+# A worker process before it takes its `ray::` title: importing Ray, connecting to the raylet.
+STARTING_WORKER = "ray worker, starting"
 RAY_TITLE = re.compile(r"^ray::(?:MapWorker\()?(?:MapBatches\()?([\w.\[\]=,]+)")
 
 
@@ -53,14 +60,21 @@ class TreeUsage:
 def role(process: psutil.Process, root: psutil.Process, last: str | None) -> str:
     if process.pid == root.pid:
         return "driver"
-    cmdline = " ".join(process.cmdline())
-    service = next((name for name in RAY_SERVICES if name in cmdline), None)
-    if service:
-        return f"{SERVICE}{service}"
-    title = RAY_TITLE.match(cmdline)
-    if title and title.group(1) != "IDLE":
-        return title.group(1)
-    return last or ("idle ray worker" if title else "other")
+    args = process.cmdline()
+    title = RAY_TITLE.match(" ".join(args))
+    if title:
+        name = title.group(1)
+        if name in RAY_SERVICE_TITLES:
+            return f"{SERVICE}{name}"
+        return (last or "idle ray worker") if name == "IDLE" else name
+    program = next((arg for arg in args[1:] if not arg.startswith("-")), "") if "python" in Path(
+        args[0] if args else "").name else (args[0] if args else "")
+    name = Path(program).name
+    if name == "default_worker.py":
+        return last or STARTING_WORKER
+    if name in RAY_SERVICE_PROGRAMS:
+        return f"{SERVICE}{RAY_SERVICE_PROGRAMS[name]}"
+    return last or "other"
 
 
 def _cpu(process: psutil.Process) -> float:
