@@ -67,6 +67,15 @@ def pad_multiple(dtype: torch.dtype) -> int | None:
     return 16 if dtype in (torch.bfloat16, torch.float16) else None
 
 
+def padded_length(longest: int, multiple: int | None, limit: int) -> int:
+    """What a batch whose longest row has `longest` tokens is padded to: up to the padding multiple,
+    unless that would pass the model's limit (a position the model has no embedding for)."""
+    if not multiple:
+        return longest
+    rounded = -(-longest // multiple) * multiple
+    return rounded if rounded <= limit else longest
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware: AMX tiles (Intel Sapphire Rapids and
     later) or AVX-512 BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake). e5-small ran 2.6x
@@ -244,19 +253,11 @@ class EmbeddingModel:
         raw_norms = np.zeros(len(texts), dtype=np.float32)
         padded = np.zeros(len(texts), dtype=np.int64)
         for batch_rows in token_budget_batches(lengths, self.cfg.batch_tokens, self.cfg.max_batch_rows):
-            length = self._padded_length(int(lengths[batch_rows].max()))
+            length = padded_length(int(lengths[batch_rows].max()), self.pad_to_multiple_of, self.max_seq_length)
             vectors[batch_rows], raw_norms[batch_rows] = mrl_truncate(
                 self._forward([ids[i] for i in batch_rows], length), self.dimensions)
             padded[batch_rows] = length
         return EmbeddingBatch(vectors=vectors, raw_norms=raw_norms, token_counts=lengths, padded_lengths=padded)
-
-    def _padded_length(self, longest: int) -> int:
-        """What a batch whose longest row has `longest` tokens is padded to: up to the padding multiple,
-        unless that would pass the model's limit (a position the model has no embedding for)."""
-        if not self.pad_to_multiple_of:
-            return longest
-        rounded = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        return rounded if rounded <= self.max_seq_length else longest
 
     def _forward(self, input_ids: list[list[int]], length: int) -> np.ndarray:
         features = self.tokenizer.pad({"input_ids": input_ids}, padding="max_length", max_length=length,

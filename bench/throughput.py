@@ -113,12 +113,13 @@ def load_model(threads: int = THREADS, dtype: str = "float32"):
 
 def packed_batches(model, texts: list[str], batch_tokens: int = 2048, max_rows: int = 16) -> tuple[list, int, int]:
     """Pre-tokenized, length-sorted token-budget batches; returns them, the real and the padded tokens."""
-    from babelray.embedding_model import pad_multiple, token_budget_batches
+    from babelray.embedding_model import pad_multiple, padded_length, token_budget_batches
 
     ids = model.tokenizer(texts, add_special_tokens=True)["input_ids"]
     lengths = np.array([len(row) for row in ids])
     multiple = pad_multiple(model.dtype)  # babelray's rule: half precision pads to a multiple of 16
-    batches = [model.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, padding=True, pad_to_multiple_of=multiple,
+    batches = [model.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, padding="max_length",
+                                   max_length=padded_length(int(lengths[rows].max()), multiple, model.max_seq_length),
                                    return_tensors="pt")
                for rows in token_budget_batches(lengths, batch_tokens, max_rows)]
     return batches, int(lengths.sum()), sum(int(batch["input_ids"].numel()) for batch in batches)

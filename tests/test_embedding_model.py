@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from babelray.config import EmbeddingConfig
-from babelray.embedding_model import EmbeddingModel, load_model_spec, token_budget_batches
+from babelray.embedding_model import EmbeddingModel, load_model_spec, padded_length, token_budget_batches
 
 TEXTS = [
     "Short one.",
@@ -22,6 +22,14 @@ def test_token_budget_batches_bound_padded_tokens():
         assert len(rows) == 1 or lengths[rows].max() * len(rows) <= 400
     # sorted by length: short rows share a batch, the long ones are alone
     assert sorted(lengths[batches[0]].tolist()) == [5, 6, 7]
+
+
+def test_padded_length_rounds_up_to_the_multiple_but_never_past_the_model_limit():
+    assert padded_length(37, None, 512) == 37  # fp32: no padding beyond the longest row
+    assert padded_length(37, 16, 512) == 48
+    assert padded_length(48, 16, 512) == 48
+    assert padded_length(500, 16, 510) == 500  # 512 would be a position the model has no embedding for
+    assert padded_length(510, 16, 510) == 510
 
 
 @pytest.fixture(scope="module")
