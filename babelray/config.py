@@ -137,7 +137,8 @@ class EmbeddingConfig(_Section):
     revision: str | None = Field(None, description="Hub revision (commit hash) to pin.")
     dimensions: int | None = Field(None, ge=8, description="MRL truncation; None = model's full size.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bf16 on GPU and on CPUs with bf16 matrix instructions (AMX or AVX-512 BF16), else fp32.")
+        "auto", description="auto: bf16 on GPU and on CPUs with bf16 matrix instructions (AMX or AVX-512 BF16), "
+                            "else fp32.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the actor sees a GPU.")
     batch_tokens: int = Field(8192, ge=64, description="Padded tokens per forward pass.")
     max_batch_rows: int = Field(128, ge=1, description="Rows per forward pass, at most.")

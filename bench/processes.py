@@ -22,8 +22,8 @@ import psutil
 # Ray's services by program (binary or script) or by process title. By program, not by any word of
 # the command line: a worker that is still starting has `--raylet-name=…/raylet` among its arguments.
 RAY_SERVICE_PROGRAMS = {"gcs_server": "gcs_server", "raylet": "raylet", "dashboard.py": "dashboard",
-                        "log_monitor.py": "log_monitor", "monitor.py": "monitor.py", "agent.py": "DashboardAgent",
-                        "main.py": "RuntimeEnvAgent"}
+                        "log_monitor.py": "log_monitor", "monitor.py": "monitor.py",
+                        "agent.py": "DashboardAgent", "main.py": "RuntimeEnvAgent"}  # …/runtime_env/agent/main.py
 RAY_SERVICE_TITLES = ("DashboardAgent", "RuntimeEnvAgent")
 SERVICE = "ray service: "
 # A worker process before it takes its `ray::` title: importing Ray, connecting to the raylet.
@@ -57,6 +57,15 @@ class TreeUsage:
                 "largest_worker": round(max(row[3] for row in inside))}
 
 
+def program_name(args: list[str]) -> str:
+    """What a command line runs: the script when the program is a Python interpreter, else the binary."""
+    if not args:
+        return ""
+    if "python" in Path(args[0]).name:
+        return Path(next((arg for arg in args[1:] if not arg.startswith("-")), "")).name
+    return Path(args[0]).name
+
+
 def role(process: psutil.Process, root: psutil.Process, last: str | None) -> str:
     if process.pid == root.pid:
         return "driver"
@@ -67,9 +76,7 @@ def role(process: psutil.Process, root: psutil.Process, last: str | None) -> str
         if name in RAY_SERVICE_TITLES:
             return f"{SERVICE}{name}"
         return (last or "idle ray worker") if name == "IDLE" else name
-    program = next((arg for arg in args[1:] if not arg.startswith("-")), "") if "python" in Path(
-        args[0] if args else "").name else (args[0] if args else "")
-    name = Path(program).name
+    name = program_name(args)
     if name == "default_worker.py":
         return last or STARTING_WORKER
     if name in RAY_SERVICE_PROGRAMS:
