@@ -5,6 +5,7 @@ import pyarrow as pa
 import pytest
 
 from babelray.config import ChunkingConfig, EmbeddingConfig
+from babelray.embedding_model import padded_length
 from operators.chunk import ChunkDocuments, chunk_budget, chunk_id
 from operators.embed import EmbedChunks
 from operators.schema import DOCUMENT_SCHEMA, LANGID_FIELDS, ROUTE_FIELDS
@@ -86,8 +87,9 @@ def test_embed_operator_reports_model_and_padded_tokens(tiny_qwen3_dir):
     assert [row["model_tokens"] for row in rows] == lengths
     # Sorted by length and two rows a batch: the two short texts together, the two long ones together.
     short, long = sorted(range(4), key=lengths.__getitem__)[:2], sorted(range(4), key=lengths.__getitem__)[2:]
-    # Half precision (bf16 on a CPU with AMX or AVX-512 BF16) pads up to a multiple of 16, fp32 to the longest row.
-    multiple = embedder.model.pad_to_multiple_of or 1
+    # Half precision (bf16 on a CPU with AMX or AVX-512 BF16) pads up to a multiple of 16, fp32 to the longest
+    # row: the rule `padded_length` holds (its own test pins it).
+    model = embedder.model
     for pair in (short, long):
-        longest = max(lengths[i] for i in pair)
-        assert [rows[i]["padded_tokens"] for i in pair] == [-(-longest // multiple) * multiple] * 2
+        expected = padded_length(max(lengths[i] for i in pair), model.pad_to_multiple_of, model.max_seq_length)
+        assert [rows[i]["padded_tokens"] for i in pair] == [expected] * 2
