@@ -25,6 +25,8 @@ and babelray (its run summary), computed from `encode`'s batching rule for 2 and
 the largest sum over the variant's process and its descendants (Ray's workers and services
 included), sampled every 0.5 s, as are the CPU seconds of babelray's processes by role
 (bench/processes.py). babelray's time per phase and per operator comes from its run summary.
+With a limit row, the report ends with the CPU budget of 0.85 × the limit: the CPU-seconds that
+leaves for everything but the forward pass, against what babelray spent on everything else.
 The corpus: FastAPI's English docs, the real code files and the XQuAD passages, `--scale`
 copies of each (a fraction keeps every n-th file).
 """
@@ -308,7 +310,24 @@ def report(results: dict, files: int, chunks: int, tokens: int, dtype: str) -> s
         lines += [f"| {name} | | {values['task_seconds']:.1f} ({values['tasks']} tasks) | "
                   f"{values['cpu_seconds']:.1f} |" for name, values in babelray["operators"].items()]
         lines += ["", cpu_table(babelray)]
+        if limit_variant:
+            lines += ["", cpu_budget(babelray, results[limit_variant]["wall"])]
     return "\n".join(lines)
+
+
+def cpu_budget(babelray: dict, limit_wall: float, target: float = 0.85) -> str:
+    """What `target` × the limit leaves for everything but the forward pass, against what the run spent.
+    The limit keeps its THREADS cores busy with the forward pass, so `cores × its wall` is the forward's
+    CPU time; babelray at `target` may take `cores × limit wall / target` (idle time included)."""
+    cores = THREADS
+    allowed_wall = limit_wall / target
+    forward = cores * limit_wall
+    embedding = babelray["operators"]["MapBatches(EmbedChunks)"]["cpu_seconds"]
+    return (f"CPU budget at {target} × the limit: {cores} cores × {allowed_wall:.1f} s = {cores * allowed_wall:.0f} "
+            f"CPU-s, of which the forward pass takes {forward:.0f} (the limit's), leaving {cores * allowed_wall - forward:.0f} "
+            f"for everything else. This run had {cores} × {babelray['wall']:.1f} = {cores * babelray['wall']:.0f}: "
+            f"{embedding:.0f} in its embedding tasks ({embedding / forward:.2f} × the limit's forward pass) and "
+            f"{cores * babelray['wall'] - embedding:.0f} for everything else, idle included.")
 
 
 def cpu_table(row: dict) -> str:
