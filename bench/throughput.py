@@ -321,13 +321,13 @@ def cpu_budget(babelray: dict, limit_wall: float, target: float = 0.85) -> str:
     CPU time; babelray at `target` may take `cores × limit wall / target` (idle time included)."""
     cores = THREADS
     allowed_wall = limit_wall / target
-    forward = cores * limit_wall
+    allowed, forward, spent = cores * allowed_wall, cores * limit_wall, cores * babelray["wall"]
     embedding = babelray["operators"]["MapBatches(EmbedChunks)"]["cpu_seconds"]
-    return (f"CPU budget at {target} × the limit: {cores} cores × {allowed_wall:.1f} s = {cores * allowed_wall:.0f} "
-            f"CPU-s, of which the forward pass takes {forward:.0f} (the limit's), leaving {cores * allowed_wall - forward:.0f} "
-            f"for everything else. This run had {cores} × {babelray['wall']:.1f} = {cores * babelray['wall']:.0f}: "
-            f"{embedding:.0f} in its embedding tasks ({embedding / forward:.2f} × the limit's forward pass) and "
-            f"{cores * babelray['wall'] - embedding:.0f} for everything else, idle included.")
+    return (f"CPU budget at {target} × the limit: {cores} cores × {allowed_wall:.1f} s = {allowed:.0f} CPU-s, of which "
+            f"the forward pass takes {forward:.0f} (the limit's), leaving {allowed - forward:.0f} for everything else. "
+            f"This run had {cores} × {babelray['wall']:.1f} = {spent:.0f}: {embedding:.0f} in its embedding tasks "
+            f"({embedding / forward:.2f} × the limit's forward pass) and {spent - embedding:.0f} for everything else, "
+            f"idle included.")
 
 
 def cpu_table(row: dict) -> str:
